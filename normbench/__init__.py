@@ -1,0 +1,24 @@
+"""normbench: normalization ablations for tiny Transformers.
+
+The Python API (``run_recipe``, ``load_results``, ``train``) is imported lazily so
+that ``normbench --help`` never pays for importing torch.
+"""
+__version__ = "0.1.0"
+
+__all__ = ["run_recipe", "load_results", "train", "load_recipe", "__version__"]
+
+
+def __getattr__(name):
+    if name == "run_recipe":
+        from .sweep import run_recipe
+        return run_recipe
+    if name == "load_results":
+        from .store import load_results
+        return load_results
+    if name == "load_recipe":
+        from .recipe import load_recipe
+        return load_recipe
+    if name == "train":
+        from .train import train
+        return train
+    raise AttributeError(f"module 'normbench' has no attribute {name!r}")

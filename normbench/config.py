@@ -1,0 +1,301 @@
+"""The run configuration: frozen dataclasses whose fields are the recipe keys.
+
+Config holds names (``"rmsnorm"``, ``"deepnorm"``); code elsewhere resolves them.
+Everything is validated once, here, at the edge: ``from_dict`` turns a raw mapping
+(from YAML, ``--set`` or the Python API) into a ``RunConfig`` or raises a
+``NormbenchError`` naming the dotted key. This module must not import torch: the
+CLI validates recipes and answers ``--help`` without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from .errors import NormbenchError
+
+NORMS = {
+    "layernorm": "LayerNorm over d_model (nn.LayerNorm): per-token mean and variance, gain and bias",
+    "layernorm_nobias": "LayerNorm without the bias (nn.LayerNorm(bias=False))",
+    "rmsnorm": "RMSNorm (nn.RMSNorm): x/rms(x) with a gain, no centring",
+    "scalenorm": "ScaleNorm: g*x/||x||, one scalar gain g initialised to sqrt(d_model)",
+    "dyt": "Dynamic Tanh: gamma*tanh(alpha*x)+beta, scalar alpha initialised to model.dyt_alpha",
+    "batchnorm": "BatchNorm over all B*T token positions, padding included (nn.BatchNorm1d)",
+    "batchnorm_masked": "BatchNorm with statistics from non-padding tokens only (PowerNorm's MaskBN)",
+    "none": "no normalization (identity)",
+}
+TOKEN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt")
+PLACEMENTS = {
+    "pre": "Pre-LN: x + F(norm(x)), plus a final norm",
+    "post": "Post-LN: norm(x + F(x))",
+    "sandwich": "Sandwich / Peri-LN: x + norm(F(norm(x))), plus a final norm",
+    "deepnorm": "DeepNorm: norm(alpha*x + F(x)), alpha=(2N)^(1/4), FFN/value/output init scaled by beta=(8N)^(-1/4)",
+}
+TASKS = {
+    "charlm": "character LM on the Python standard library's own .py files (built in, no download)",
+    "text": "character LM on your own UTF-8 text file (data.path)",
+    "copy": "synthetic: random symbols, a separator, then the same symbols again (loss on the copy)",
+    "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
+}
+
+Norm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "batchnorm", "batchnorm_masked", "none"]
+QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt"]
+Placement = Literal["pre", "post", "sandwich", "deepnorm"]
+Task = Literal["charlm", "text", "copy", "reverse"]
+
+
+def opt(default, help: str, *, min=None, max=None, min_open=False, max_open=False):
+    """A config field with its help text and numeric bounds (inclusive unless *_open)."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max,
+                                            "min_open": min_open, "max_open": max_open})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: int = opt(4, "number of Transformer blocks N", min=1)
+    d_model: int = opt(128, "residual stream width", min=1)
+    heads: int = opt(4, "attention heads; must divide d_model", min=1)
+    d_ff: int = opt(512, "hidden width of the MLP", min=1)
+    dropout: float = opt(0.0, "dropout on attention weights and residual branches", min=0.0, max=1.0, max_open=True)
+    norm: Norm = opt("layernorm", "normalization layer (see `normbench list`)")
+    placement: Placement = opt("pre", "where the norms sit in a block (see `normbench list`)")
+    qk_norm: bool = opt(False, "normalise queries and keys per head before q.k (Wortsman et al. 2023)")
+    qk_norm_type: QKNorm = opt("layernorm", "the per-head norm used when qk_norm is true (ignored otherwise)")
+    bias: bool = opt(True, "biases in linear layers (norm biases are set by the norm type)")
+    tie_embeddings: bool = opt(True, "share the token embedding with the LM head")
+    init: Literal["xavier", "gpt2"] = opt(
+        "xavier", "linear-weight init: xavier (Xavier-normal, as DeepNet) or gpt2 (N(0,0.02), residual "
+        "projections scaled by 1/sqrt(2N)); embeddings are N(0,0.02) in both")
+    norm_eps: float = opt(1e-5, "epsilon of every norm", min=0.0, min_open=True)
+    dyt_alpha: float = opt(0.5, "initial alpha of DyT", min=0.0, min_open=True)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: Task = opt("charlm", "what to train on (see `normbench list`)")
+    path: Optional[str] = opt(None, "UTF-8 text file for task: text (relative to the recipe's folder)")
+    seq_len: int = opt(128, "context length T in tokens", min=1)
+    max_chars: int = opt(4_000_000, "cap on the corpus size in characters (charlm, text)", min=1000)
+    val_fraction: float = opt(0.1, "share of the corpus held out for validation (its tail)",
+                              min=0.0, max=1.0, min_open=True, max_open=True)
+    variable_length: bool = opt(False, "draw each sequence's length, right-pad the batch, mask padding "
+                                       "out of attention and loss")
+    min_len: int = opt(8, "shortest sequence in tokens when variable_length is true", min=2)
+    symbols: int = opt(16, "alphabet size of the copy and reverse tasks", min=2)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = opt(500, "optimizer steps", min=1)
+    batch_size: int = opt(32, "sequences per step", min=1)
+    lr: float = opt(1e-3, "peak learning rate (AdamW)", min=0.0, min_open=True)
+    warmup_steps: int = opt(50, "linear warmup from 0 to lr over this many steps", min=0)
+    schedule: Literal["constant", "cosine", "linear"] = opt("cosine", "lr after warmup: constant, cosine "
+                                                                      "or linear decay to min_lr_ratio*lr")
+    min_lr_ratio: float = opt(0.1, "final lr as a fraction of lr for cosine and linear", min=0.0, max=1.0)
+    weight_decay: float = opt(0.1, "AdamW weight decay on matrices and embeddings; never on norms and biases",
+                              min=0.0)
+    beta1: float = opt(0.9, "AdamW beta1", min=0.0, max=1.0, max_open=True)
+    beta2: float = opt(0.95, "AdamW beta2", min=0.0, max=1.0, max_open=True)
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this; 0 means off", min=0.0)
+    z_loss: float = opt(0.0, "z-loss coefficient on log^2(Z) of the output logits (Wortsman et al.); 0 is off",
+                        min=0.0)
+    precision: Literal["fp32", "bf16"] = opt("fp32", "fp32, or bf16 autocast")
+    eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)
+    eval_batches: int = opt(8, "validation batches per evaluation (a fixed set, the same for every run)", min=1)
+    measure_every: int = opt(10, "largest attention logit measured every this many steps", min=1)
+    spike_factor: float = opt(1.3, "a loss spike is a step whose loss exceeds spike_factor times the median "
+                                   "of the previous spike_window steps", min=1.0, min_open=True)
+    spike_window: int = opt(20, "steps in the running level used for spike detection", min=2)
+    divergence_margin: float = opt(1.0, "diverged when loss > ln(vocab) + this margin (or non-finite)",
+                                   min=0.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = opt(0, "seeds parameters, data order and dropout", min=0)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto picks cuda when available")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """Short hash of everything that defines the experiment.
+
+        ``device`` is left out on purpose: where a run executes (like jobs, threads
+        and the output folder) is not part of what it is, so a sweep begun on a
+        laptop resumes on a GPU box.
+        """
+        d = self.to_dict()
+        d.pop("device")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+TOP_LEVEL = ("seed", "device")
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def all_keys() -> list[tuple[str, Any, str, str]]:
+    """(dotted key, default, type text, help) for every recipe key, in schema order."""
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for name, f in _fields(cls).items():
+            out.append((f"{section}.{name}", f.default, _type_text(hints[name]), f.metadata["help"]))
+    hints = typing.get_type_hints(RunConfig)
+    for name in TOP_LEVEL:
+        f = _fields(RunConfig)[name]
+        out.append((name, f.default, _type_text(hints[name]), f.metadata["help"]))
+    return out
+
+
+def _type_text(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(typing.get_args(tp))
+    if origin is typing.Union:
+        return " | ".join("null" if a is type(None) else _type_text(a) for a in typing.get_args(tp))
+    return {int: "int", float: "float", bool: "bool", str: "str"}[tp]
+
+
+def suggest(key: str, choices) -> str:
+    near = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def coerce(key: str, value: Any, tp, meta: dict) -> Any:
+    """Check one value against its field type and bounds; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[str]
+        if value is None:
+            return None
+        return coerce(key, value, str, meta)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise NormbenchError(f"expected one of {', '.join(choices)}, got {value!r}{suggest(str(value), choices)}",
+                                 key=key)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise NormbenchError(f"expected true or false, got {value!r}", key=key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NormbenchError(f"expected an integer, got {value!r}", key=key)
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise NormbenchError(f"expected a number, got {value!r}", key=key) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NormbenchError(f"expected a number, got {value!r}", key=key)
+        value = float(value)
+        if not math.isfinite(value):
+            raise NormbenchError(f"expected a finite number, got {value!r}", key=key)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise NormbenchError(f"expected a string, got {value!r}", key=key)
+        return value
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_open") and value == lo)):
+        raise NormbenchError(f"expected a value {'>' if meta.get('min_open') else '>='} {lo}, got {value!r}", key=key)
+    if hi is not None and (value > hi or (meta.get("max_open") and value == hi)):
+        raise NormbenchError(f"expected a value {'<' if meta.get('max_open') else '<='} {hi}, got {value!r}", key=key)
+    return value
+
+
+def _section(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NormbenchError(f"expected a mapping of keys, got {type(raw).__name__}", key=prefix)
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for k, v in raw.items():
+        if k not in fields:
+            raise NormbenchError(f"unknown key{suggest(str(k), fields)}", key=f"{prefix}.{k}")
+        values[k] = coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
+    return cls(**values)
+
+
+def from_dict(raw: Any) -> RunConfig:
+    """Validate a raw ``base`` mapping (sections model/data/train, top-level seed/device)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NormbenchError(f"expected a mapping, got {type(raw).__name__}", key="base")
+    known = list(SECTIONS) + list(TOP_LEVEL)
+    for k in raw:
+        if k not in known:
+            raise NormbenchError(f"unknown key{suggest(str(k), known)}; expected one of {', '.join(known)}",
+                                 key=str(k))
+    hints = typing.get_type_hints(RunConfig)
+    top = {k: coerce(k, raw[k], hints[k], _fields(RunConfig)[k].metadata) for k in TOP_LEVEL if k in raw}
+    cfg = RunConfig(**{s: _section(cls, raw.get(s), s) for s, cls in SECTIONS.items()}, **top)
+    if not cfg.model.qk_norm:  # unused, so it must not make otherwise equal runs look different
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, qk_norm_type="layernorm"))
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RunConfig) -> None:
+    """Rules that involve more than one key."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    if m.d_model % m.heads:
+        raise NormbenchError(f"model.heads={m.heads} must divide model.d_model={m.d_model}", key="model.heads")
+    if m.placement == "deepnorm" and m.norm == "none":
+        raise NormbenchError("model.placement=deepnorm needs a normalization: with model.norm=none each block "
+                             "computes alpha*x + F(x) and the residual stream grows as alpha^N; pick another "
+                             "model.norm or placement", key="model.norm")
+    if d.task == "text" and not d.path:
+        raise NormbenchError("data.task=text needs data.path, a UTF-8 text file", key="data.path")
+    if d.task != "text" and d.path:
+        raise NormbenchError(f"data.path is only used by data.task=text (task is {d.task})", key="data.path")
+    if d.task in ("copy", "reverse") and d.seq_len < 4:
+        raise NormbenchError(f"data.task={d.task} needs data.seq_len >= 4 (symbols, separator, answer)",
+                             key="data.seq_len")
+    if d.variable_length and d.min_len > d.seq_len:
+        raise NormbenchError(f"data.min_len={d.min_len} exceeds data.seq_len={d.seq_len}", key="data.min_len")
+
+
+def get_dotted(cfg_dict: dict, key: str) -> Any:
+    node = cfg_dict
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set ``key`` (``model.norm``, ``seed``) in a raw nested dict, creating sections."""
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise NormbenchError("cannot set a key inside a non-mapping", key=key)
+    node[parts[-1]] = value
+
+
+def check_dotted_key(key: str) -> None:
+    """Raise unless ``key`` names a config field (with a suggestion for near misses)."""
+    valid = [k for k, *_ in all_keys()]
+    if key not in valid:
+        raise NormbenchError(f"unknown key{suggest(key, valid)}", key=key)

@@ -1,0 +1,145 @@
+"""Tasks and batches.
+
+A batch is ``(x, y, mask)``: inputs (B, T), targets (B, T) with -100 where no loss
+is taken, and a padding mask (B, T), True on real tokens, or None when nothing in
+the batch is padded. Token id 0 is always padding, so every task has the same
+convention and padded batches (``data.variable_length``) work everywhere.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .errors import NormbenchError
+
+PAD, IGNORE = 0, -100
+EVAL_SEED = 1234  # validation batches are the same for every run and seed
+# Generated tables and test suites are not the library's prose-like code.
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "encodings"}
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (B, T) int64
+    y: torch.Tensor  # (B, T) int64, IGNORE where no loss
+    mask: torch.Tensor | None  # (B, T) bool, True on real tokens
+
+
+@functools.lru_cache(maxsize=4)
+def stdlib_text(max_chars: int) -> tuple[str, dict]:
+    """The running interpreter's standard-library .py files, in sorted path order, capped at max_chars."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, n, files = [], 0, 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(f for f in filenames if f.endswith(".py")):
+            parts.append(Path(dirpath, name).read_text(encoding="utf-8", errors="replace"))
+            n += len(parts[-1])
+            files += 1
+            if n >= max_chars:
+                break
+        if n >= max_chars:
+            break
+    text = "".join(parts)[:max_chars]
+    return text, _fingerprint(text, source="python-stdlib", files=files)
+
+
+def file_text(path: str, max_chars: int) -> tuple[str, dict]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")[:max_chars]
+    except (OSError, UnicodeDecodeError) as e:
+        raise NormbenchError(f"cannot read a UTF-8 text file: {e}", key="data.path") from None
+    return text, _fingerprint(text, source=str(path), files=1)
+
+
+def _fingerprint(text: str, source: str, files: int) -> dict:
+    return {"source": source, "files": files, "chars": len(text),
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
+            "python": ".".join(map(str, sys.version_info[:3]))}
+
+
+class CharLM:
+    """Character language modelling: random windows of the corpus (nanoGPT style)."""
+
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        text, self.fingerprint = stdlib_text(cfg.max_chars) if cfg.task == "charlm" else file_text(cfg.path, cfg.max_chars)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        chars, ids = np.unique(codes, return_inverse=True)
+        self.vocab = ["<pad>"] + [chr(c) for c in chars]
+        ids = torch.from_numpy(ids.astype(np.int64) + 1)
+        n_val = int(len(ids) * cfg.val_fraction)
+        self.splits = {"train": ids[: len(ids) - n_val].to(device), "val": ids[len(ids) - n_val:].to(device)}
+        for split, data in self.splits.items():
+            if len(data) < cfg.seq_len + 2:
+                raise NormbenchError(f"the {split} split has {len(data)} characters, fewer than data.seq_len + 2 = "
+                                     f"{cfg.seq_len + 2}; use a longer text or a shorter data.seq_len",
+                                     key="data.seq_len")
+        self.cfg, self.device = cfg, device
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+        data, T = self.splits[split], self.cfg.seq_len
+        starts = torch.randint(0, len(data) - T - 1, (batch_size, 1), generator=gen)
+        tok = data[(starts + torch.arange(T + 1)).to(self.device)]  # (B, T+1)
+        if not self.cfg.variable_length:
+            return Batch(tok[:, :-1], tok[:, 1:], None)
+        lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen).to(self.device)
+        pos = torch.arange(T + 1, device=self.device)
+        tok = tok.masked_fill(pos > lengths, PAD)  # keep L+1 real tokens: L inputs, L targets
+        y = tok[:, 1:].masked_fill(pos[1:] > lengths, IGNORE)
+        return Batch(tok[:, :-1], y, pos[:-1] < lengths)
+
+
+class Symbolic:
+    """copy / reverse: L random symbols, a separator, then the answer; loss on the answer only."""
+
+    SEP = 1
+
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.vocab = ["<pad>", "<sep>"] + [f"s{i}" for i in range(cfg.symbols)]
+        self.fingerprint = {"source": f"synthetic-{cfg.task}", "symbols": cfg.symbols}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+        T = self.cfg.seq_len
+        L_max = T // 2  # 2L+1 tokens: L symbols, the separator, L answer tokens
+        if self.cfg.variable_length:
+            L = torch.randint(max(1, self.cfg.min_len // 2), L_max + 1, (batch_size, 1), generator=gen)
+        else:
+            L = torch.full((batch_size, 1), L_max)
+        sym = torch.randint(2, 2 + self.cfg.symbols, (batch_size, L_max), generator=gen)  # (B, L_max)
+        if self.cfg.task == "reverse":  # row b's answer is its first L[b] symbols reversed
+            answer = torch.gather(sym, 1, (L - 1 - torch.arange(L_max)).clamp_min(0))
+        else:
+            answer = sym
+        p = torch.arange(T + 1)[None, :]  # (1, T+1)
+        tok = torch.where(p < L, torch.gather(sym, 1, p.clamp_max(L_max - 1).expand(batch_size, -1)),
+              torch.where(p == L, self.SEP,
+              torch.where(p <= 2 * L, torch.gather(answer, 1, (p - L - 1).clamp(0, L_max - 1)), PAD)))
+        t = p[:, :-1]  # target t is token t+1: the answer tokens are targets L .. 2L-1
+        y = tok[:, 1:].masked_fill((t < L) | (t >= 2 * L), IGNORE)
+        real = (t <= 2 * L).expand(batch_size, -1)  # the last answer token is an input too
+        mask = None if bool(real.all()) else real.to(self.device)
+        return Batch(tok[:, :-1].to(self.device), y.to(self.device), mask)
+
+
+TASKS = {"charlm": CharLM, "text": CharLM, "copy": Symbolic, "reverse": Symbolic}
+
+
+def make_task(cfg: DataConfig, device: torch.device):
+    return TASKS[cfg.task](cfg, device)

@@ -1,0 +1,147 @@
+"""Running runs: each in its own process, N at a time, on this machine.
+
+Why processes: a crash or an out-of-memory kill takes one run down, not the
+sweep; and tiny models run faster as several single-threaded processes than as
+one multi-threaded one. Children start from a forkserver that has already
+imported torch (Linux), so starting a run costs milliseconds, not seconds.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+PROGRESS_INTERVAL_S = 0.25
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def plan_parallelism(n_runs: int, jobs: int | None, threads: int | None, gpu: bool) -> tuple[int, int]:
+    """(jobs, threads per run) so that jobs x threads never exceeds the cores.
+
+    CPU: one run per core, one thread each (tiny models scale poorly across threads);
+    fewer runs than cores share the spare cores. GPU: several runs share the device
+    (a tiny model leaves it mostly idle), bounded by the cores that feed them.
+    """
+    cores = cpu_count()
+    n = max(1, n_runs)
+    if jobs is None:
+        jobs = min(n, cores, 4) if gpu else min(n, cores)
+    jobs = max(1, min(jobs, n))
+    if threads is None:
+        threads = max(1, cores // jobs)
+    return jobs, threads
+
+
+@dataclass
+class Event:
+    kind: str  # "start" | "progress" | "end"
+    index: int
+    step: int = 0
+    loss: float = float("nan")
+    tokens_per_s: float = 0.0
+    exitcode: int | None = None
+
+
+def _watch_parent(conn) -> None:
+    """Exit when the parent dies (kill -9 included): its end of the pipe closes."""
+    try:
+        conn.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(3)
+
+
+def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, parent_conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_watch_parent, args=(parent_conn,), daemon=True).start()
+    from . import store
+    from .config import from_dict
+    from .train import train
+
+    last = [0.0]
+
+    def progress(step, loss, tps):
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S:
+            last[0] = now
+            events.put(Event("progress", index, step, loss, tps))
+
+    try:
+        summary = train(from_dict(cfg_dict), Path(run_dir), threads=threads, on_progress=progress)
+        store.write_summary(Path(run_dir), summary)
+    except BaseException:
+        store.write_error(Path(run_dir), traceback.format_exc())
+        sys.exit(1)
+
+
+def _context():
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["normbench.train"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class LocalExecutor:
+    """Runs ``(run_dir, cfg_dict)`` tasks in child processes, ``jobs`` at a time, yielding Events."""
+
+    def __init__(self, jobs: int, threads: int):
+        self.jobs, self.threads = jobs, threads
+        self.ctx = _context()
+        self.active: dict[int, tuple] = {}
+
+    def run(self, tasks: list[tuple[str, dict]], stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        events = self.ctx.Queue()
+        todo = list(enumerate(tasks))
+        try:
+            while (todo and not stop()) or self.active:
+                while todo and len(self.active) < self.jobs and not stop():
+                    i, (run_dir, cfg_dict) = todo.pop(0)
+                    recv, send = self.ctx.Pipe(duplex=False)
+                    p = self.ctx.Process(target=_child, args=(i, run_dir, cfg_dict, self.threads, events, recv),
+                                         daemon=False)
+                    p.start()
+                    recv.close()
+                    self.active[i] = (p, send)
+                    yield Event("start", i)
+                try:
+                    ev = events.get(timeout=0.1)
+                    if ev.index in self.active:
+                        yield ev
+                except queue_mod.Empty:
+                    pass
+                for i, (p, send) in list(self.active.items()):
+                    if not p.is_alive():
+                        p.join()
+                        send.close()
+                        del self.active[i]
+                        yield Event("end", i, exitcode=p.exitcode)
+        finally:
+            self.terminate()
+            events.close()
+
+    def terminate(self) -> None:
+        """Stop every active run (their folders stay incomplete, so a rerun redoes them)."""
+        for p, send in self.active.values():
+            p.terminate()
+        for p, send in self.active.values():
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            send.close()
+        self.active.clear()

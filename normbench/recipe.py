@@ -1,0 +1,236 @@
+"""Recipes: YAML -> validated runs.
+
+A recipe is a mapping with ``name``, ``description``, ``base`` (the config, see
+``config.py``) and an optional ``sweep`` with ``grid``, ``zip`` and ``seeds``.
+``load_recipe`` reads it safely (``yaml.SafeLoader``: tags such as
+``!!python/object`` are refused, never executed), applies ``--set`` overrides,
+expands the sweep and validates every run before anything is trained.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import RunConfig, check_dotted_key, from_dict, set_dotted, suggest
+from .errors import NormbenchError
+
+RECIPE_KEYS = ("name", "description", "base", "sweep")
+SWEEP_KEYS = ("grid", "zip", "seeds")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    cfg: RunConfig
+    values: dict[str, Any]  # the swept keys and this run's values, for tables
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.run_id()
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.values.items()) or "base"
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    runs: list[RunSpec]
+    varied: list[str] = field(default_factory=list)
+    path: str | None = None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last silently."""
+
+
+def _mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NormbenchError("no such file", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NormbenchError(f"cannot read: {e}", file=str(path)) from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = e.problem or e.context or "malformed YAML"
+        if "could not determine a constructor" in str(e):
+            problem = f"{problem.split(' for the tag ')[0]}: tags are not allowed in recipes (recipes are data)"
+        raise NormbenchError(f"malformed YAML at {where}{problem}", file=str(path)) from None
+    except yaml.YAMLError as e:
+        raise NormbenchError(f"malformed YAML: {e}", file=str(path)) from None
+
+
+def parse_set(items: list[str] | dict | None) -> dict[str, Any]:
+    """``["train.lr=3e-4", "model.norm=rmsnorm"]`` (or a dict) -> {dotted key: value}; values are YAML."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items:
+            if "=" not in item:
+                raise NormbenchError(f"expected KEY=VALUE, got {item!r}", key="--set")
+            k, v = item.split("=", 1)
+            try:
+                pairs.append((k.strip(), yaml.safe_load(v) if v.strip() else v))
+            except yaml.YAMLError:
+                pairs.append((k.strip(), v))
+    for k, _ in pairs:
+        check_dotted_key(k)
+    return dict(pairs)
+
+
+def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = None) -> Recipe:
+    """Read, validate and expand a recipe (a path or a dict). Raises NormbenchError."""
+    file = None
+    if isinstance(source, (str, Path)):
+        file = str(source)
+        raw = read_yaml(source)
+        base_dir = Path(source).resolve().parent
+    else:
+        raw, base_dir = copy.deepcopy(source), Path.cwd()
+    try:
+        return _build(raw, parse_set(overrides), base_dir, default_name=Path(file).stem if file else "recipe",
+                      file=file)
+    except NormbenchError as e:
+        raise e.with_file(file) from None
+
+
+def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | None) -> Recipe:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NormbenchError(f"the top level must be a mapping with keys {', '.join(RECIPE_KEYS)}, "
+                             f"got {type(raw).__name__}")
+    for k in raw:
+        if k not in RECIPE_KEYS:
+            raise NormbenchError(f"unknown top-level key{suggest(str(k), RECIPE_KEYS)}; expected "
+                                 f"{', '.join(RECIPE_KEYS)} (config keys go under base:)", key=str(k))
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise NormbenchError(f"expected a plain folder name (letters, digits, . _ -; no '/' or '..'), got {name!r}",
+                             key="name")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise NormbenchError("expected a string", key="description")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise NormbenchError(f"expected a mapping, got {type(base).__name__}", key="base")
+    base = copy.deepcopy(base)
+    axes, zipped, seeds = _sweep(raw.get("sweep"))
+
+    for k, v in sets.items():  # --set fixes a key: it replaces a swept axis and the base value
+        if k in zipped:
+            raise NormbenchError("is varied together with other keys by sweep.zip; edit the recipe instead",
+                                 key=f"--set {k}")
+        axes.pop(k, None)
+        if k == "seed":
+            seeds = None
+        set_dotted(base, k, v)
+    data = base.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        path = (base_dir / data["path"]).resolve()
+        if not path.is_file():
+            raise NormbenchError(f"no such file: {path}", key="base.data.path")
+        data["path"] = str(path)
+
+    from_dict(base)  # the base alone must be valid: errors name base keys, not a run
+    zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
+    seed_list = [{"seed": s} for s in seeds] if seeds is not None else [{}]
+    runs, seen = [], set()
+    combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes.items()]))
+    total = len(combos) * len(zip_rows) * len(seed_list)
+    for combo in combos:
+        for zrow in zip_rows:
+            for srow in seed_list:
+                values = {**dict(combo), **zrow, **srow}
+                run_raw = copy.deepcopy(base)
+                for k, v in values.items():
+                    set_dotted(run_raw, k, v)
+                try:
+                    cfg = from_dict(run_raw)
+                except NormbenchError as e:
+                    label = ", ".join(f"{k}={v}" for k, v in values.items())
+                    raise NormbenchError(f"{e.message} (in run {len(runs) + 1} of {total}: {label})",
+                                         key=e.key) from None
+                spec = RunSpec(cfg, values)
+                if spec.run_id not in seen:
+                    seen.add(spec.run_id)
+                    runs.append(spec)
+    varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
+    return Recipe(name=name, description=description, runs=runs, varied=varied, path=file)
+
+
+def _sweep(raw: Any) -> tuple[dict, dict, list[int] | None]:
+    if raw is None:
+        return {}, {}, None
+    if not isinstance(raw, dict):
+        raise NormbenchError(f"expected a mapping with keys {', '.join(SWEEP_KEYS)}", key="sweep")
+    for k in raw:
+        if k not in SWEEP_KEYS:
+            raise NormbenchError(f"unknown key{suggest(str(k), SWEEP_KEYS)}; expected {', '.join(SWEEP_KEYS)}",
+                                 key=f"sweep.{k}")
+    axes, zipped = {}, {}
+    for section, out in (("grid", axes), ("zip", zipped)):
+        block = raw.get(section) or {}
+        if not isinstance(block, dict):
+            raise NormbenchError("expected a mapping of dotted keys to lists", key=f"sweep.{section}")
+        for k, vs in block.items():
+            where = f"sweep.{section}.{k}"
+            try:
+                check_dotted_key(str(k))
+            except NormbenchError as e:
+                raise NormbenchError(e.message, key=where) from None
+            if not isinstance(vs, list) or not vs:
+                raise NormbenchError(f"expected a non-empty list of values, got {vs!r}", key=where)
+            if len({repr(v) for v in vs}) != len(vs):
+                raise NormbenchError(f"repeated value in {vs!r}", key=where)
+            out[str(k)] = vs
+    both = set(axes) & set(zipped)
+    if both:
+        raise NormbenchError("a key cannot be in both sweep.grid and sweep.zip", key=f"sweep.zip.{sorted(both)[0]}")
+    lengths = {k: len(v) for k, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise NormbenchError("zip lists must have equal lengths, got " +
+                             ", ".join(f"{k}: {n}" for k, n in lengths.items()), key="sweep.zip")
+    seeds = raw.get("seeds")
+    if seeds is not None:
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            if seeds < 1:
+                raise NormbenchError(f"expected a count >= 1 or a list of seeds, got {seeds}", key="sweep.seeds")
+            seeds = list(range(seeds))
+        elif not (isinstance(seeds, list) and seeds and
+                  all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise NormbenchError(f"expected a count n (seeds 0..n-1) or a non-empty list of integers >= 0, "
+                                 f"got {seeds!r}", key="sweep.seeds")
+        elif len(set(seeds)) != len(seeds):
+            raise NormbenchError(f"repeated seed in {seeds!r}", key="sweep.seeds")
+        if "seed" in axes or "seed" in zipped:
+            raise NormbenchError("seed is swept both by sweep.seeds and by grid/zip; keep one", key="sweep.seeds")
+    return axes, zipped, seeds

@@ -1,0 +1,179 @@
+"""Results folders: one folder per run, an index, resume, and a lock.
+
+Layout::
+
+    results/<recipe name>/
+        index.csv            # one row per finished run (completed, diverged or crashed)
+        .lock                # held by the normbench process using this folder
+        <run id>/            # short hash of the resolved config, seed included
+            config.yaml      # the resolved config, itself a recipe that reruns this run
+            metrics.jsonl    # one line per step (and per evaluation)
+            summary.json     # written atomically, last: its presence means "complete"
+            error.txt        # the traceback, when the run crashed
+
+The run folders are the truth; ``index.csv`` is derived from them and rewritten
+atomically, so a process killed at any moment leaves no corrupt index and loses
+no completed run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import NormbenchError
+
+SUMMARY, CONFIG, METRICS, ERROR, INDEX, LOCK = "summary.json", "config.yaml", "metrics.jsonl", "error.txt", "index.csv", ".lock"
+# summary entries that are lists or mappings stay in summary.json, not in the index
+INDEX_SKIP = {"spike_steps", "grad_norm_init_by_layer", "val_losses", "corpus", "versions"}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers see all or nothing."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def status(run_dir: Path) -> str:
+    """completed | diverged | crashed | incomplete | missing."""
+    run_dir = Path(run_dir)
+    if (run_dir / SUMMARY).exists():
+        try:
+            return "diverged" if json.loads((run_dir / SUMMARY).read_text())["diverged"] else "completed"
+        except (ValueError, KeyError, OSError):
+            return "incomplete"
+    if (run_dir / ERROR).exists():
+        return "crashed"
+    return "incomplete" if run_dir.exists() else "missing"
+
+
+DONE = ("completed", "diverged")
+
+
+def prepare(run_dir: Path, config_recipe: dict) -> None:
+    """Empty ``run_dir`` (a previous incomplete or crashed attempt) and write its config.yaml."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_atomic(run_dir / CONFIG, yaml.safe_dump(config_recipe, sort_keys=False))
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def write_error(run_dir: Path, text: str) -> None:
+    write_atomic(Path(run_dir) / ERROR, text)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """One index row: run_id, status, the resolved config as dotted keys, the summary's scalars."""
+    st = status(run_dir)
+    if st not in DONE and st != "crashed":
+        return None
+    try:
+        recipe = yaml.safe_load((run_dir / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    row = {"run_id": run_dir.name, "status": st, "recipe": recipe.get("name")}
+    row.update(flatten(recipe.get("base") or {}))
+    if st in DONE:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        row.update({k: v for k, v in summary.items() if k not in INDEX_SKIP and k != "run_id"})
+        row["device_used"] = row.pop("device", None)
+    else:
+        row["error"] = (run_dir / ERROR).read_text().strip().splitlines()[-1][:200] if (run_dir / ERROR).exists() else ""
+    return row
+
+
+def scan(recipe_dir: Path) -> list[dict]:
+    rows = []
+    for run_dir in sorted(p for p in Path(recipe_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        row = read_run(run_dir)
+        if row:
+            rows.append(row)
+    return rows
+
+
+def rebuild_index(recipe_dir: Path) -> Path:
+    import pandas as pd
+
+    rows = scan(recipe_dir)
+    path = Path(recipe_dir) / INDEX
+    write_atomic(path, pd.DataFrame(rows).to_csv(index=False) if rows else "run_id,status\n")
+    return path
+
+
+def load_results(path: str | Path = "results"):
+    """A results folder as a DataFrame: ``results/<name>`` (one recipe) or ``results/`` (every recipe in it).
+
+    Reads the run folders themselves, so it is right even while a sweep is running.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_dir():
+        raise NormbenchError("no such results folder", file=str(path))
+    recipe_dirs = [path] if (path / INDEX).exists() or any((p / CONFIG).exists() for p in path.iterdir()) else \
+        sorted(p for p in path.iterdir() if p.is_dir())
+    rows = [row for d in recipe_dirs for row in scan(d)]
+    return pd.DataFrame(rows)
+
+
+class Lock:
+    """An exclusive lock on a recipe's results folder; a second process gets a clear refusal."""
+
+    def __init__(self, recipe_dir: Path):
+        self.path = Path(recipe_dir) / LOCK
+        self.f = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; documented
+            return self
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "?"
+            self.f.close()
+            raise NormbenchError(f"in use by another normbench process (pid {holder}); wait for it or stop it",
+                                 file=str(self.path.parent)) from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.f and not self.f.closed:
+            self.f.truncate(0)
+            self.f.close()

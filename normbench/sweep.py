@@ -1,0 +1,141 @@
+"""A whole recipe: plan (resume), lock, execute, index. Used by the CLI and the Python API."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import store
+from .display import make_reporter
+from .errors import NormbenchError
+from .executors import LocalExecutor, plan_parallelism
+from .recipe import Recipe, RunSpec, load_recipe
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    recipe_dir: Path
+    statuses: dict[str, str]  # run id -> status before this invocation
+    todo: list[RunSpec] = field(default_factory=list)
+    force: bool = False
+    retry_failed: bool = False
+
+
+def make_plan(recipe: Recipe, out: str | Path, force: bool = False, retry_failed: bool = False) -> Plan:
+    """Which runs to execute: missing and incomplete ones; crashed ones with retry_failed; all with force."""
+    recipe_dir = Path(out) / recipe.name
+    statuses = {r.run_id: store.status(recipe_dir / r.run_id) for r in recipe.runs}
+    redo = {"missing", "incomplete"} | ({"crashed"} if retry_failed else set())
+    todo = [r for r in recipe.runs if force or statuses[r.run_id] in redo]
+    return Plan(recipe, recipe_dir, statuses, todo, force, retry_failed)
+
+
+def config_recipe(recipe: Recipe, spec: RunSpec) -> dict:
+    """The run's config.yaml: a recipe that reruns exactly this run."""
+    desc = f"run {spec.run_id} of recipe {recipe.name}" + (f" ({spec.label()})" if spec.values else "")
+    return {"name": recipe.name, "description": desc, "base": spec.cfg.to_dict()}
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    results: dict[str, str]  # run id -> final status, for the runs of this recipe
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    jobs: int = 1
+    threads: int = 1
+
+    @property
+    def crashed(self) -> list[str]:
+        return [rid for rid, st in self.results.items() if st == "crashed"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.crashed else 0
+
+
+def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fail_fast: bool = False,
+            reporter=None) -> Outcome:
+    recipe, t0 = plan.recipe, time.perf_counter()
+    reporter = reporter or make_reporter(quiet=True)
+    with store.Lock(plan.recipe_dir):
+        # plan again under the lock: another process may have finished runs meanwhile
+        plan = make_plan(recipe, plan.recipe_dir.parent, plan.force, plan.retry_failed)
+        gpu = any(r.cfg.device in ("auto", "cuda") for r in plan.todo) and _cuda_available()
+        jobs, threads = plan_parallelism(len(plan.todo), jobs, threads, gpu)
+        results = dict(plan.statuses)
+        outcome = Outcome(plan, results, jobs=jobs, threads=threads)
+        for r in plan.todo:
+            results[r.run_id] = "pending"
+        tasks = []
+        for r in plan.todo:
+            store.prepare(plan.recipe_dir / r.run_id, config_recipe(recipe, r))
+            tasks.append((str(plan.recipe_dir / r.run_id), r.cfg.to_dict()))
+        executor = LocalExecutor(jobs, threads)
+        reporter.begin(recipe, plan, jobs, threads)
+        failed = []
+        try:
+            for ev in executor.run(tasks, stop=lambda: fail_fast and bool(failed)):
+                spec = plan.todo[ev.index]
+                if ev.kind == "start":
+                    reporter.started(spec)
+                elif ev.kind == "progress":
+                    reporter.progress(spec, ev.step, ev.loss, ev.tokens_per_s)
+                else:
+                    run_dir = plan.recipe_dir / spec.run_id
+                    st = store.status(run_dir)
+                    if st not in store.DONE and st != "crashed":  # killed without a word: OOM, signal
+                        how = f"killed by signal {-ev.exitcode}" if (ev.exitcode or 0) < 0 else f"exit code {ev.exitcode}"
+                        store.write_error(run_dir, f"the run's process ended without a summary ({how}); "
+                                                   "out of memory is the usual cause\n")
+                        st = "crashed"
+                    results[spec.run_id] = st
+                    if st == "crashed":
+                        failed.append(spec.run_id)
+                    store.rebuild_index(plan.recipe_dir)
+                    reporter.finished(spec, st, run_dir)
+        except KeyboardInterrupt:
+            executor.terminate()
+            outcome.interrupted = True
+        finally:
+            store.rebuild_index(plan.recipe_dir)
+            for rid, st in results.items():
+                if st == "pending":
+                    results[rid] = "incomplete"
+            outcome.elapsed_s = time.perf_counter() - t0
+            reporter.end(outcome)
+    return outcome
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path = "results",
+               threads: int | None = None, force: bool = False, retry_failed: bool = False,
+               fail_fast: bool = False, progress: bool = False):
+    """Run a recipe (a path or a dict) and return its runs as a pandas DataFrame.
+
+    ``overrides`` is a dict of dotted keys or a list of ``"key=value"`` strings,
+    as ``--set``. Completed runs are reused (resume). Raises ``NormbenchError``
+    on bad input; crashed runs appear in the frame with ``status == "crashed"``.
+    ``progress=True`` prints one line per run as it starts and ends.
+    """
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
+    outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast, reporter=make_reporter(quiet=True, silent=not progress))
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    df = store.load_results(plan.recipe_dir)
+    ids = [r.run_id for r in rec.runs]
+    if df.empty:
+        return df
+    return df[df["run_id"].isin(ids)].set_index("run_id").reindex([i for i in ids if i in set(df["run_id"])]).reset_index()
+
+
+__all__ = ["run_recipe", "make_plan", "execute", "NormbenchError"]

@@ -1,0 +1,263 @@
+"""One training run, with its stability measurements. Knows nothing of sweeps.
+
+``train(cfg, run_dir)`` builds the task and model, trains, writes
+``run_dir/metrics.jsonl`` as it goes and returns the summary dict (the caller
+writes ``summary.json``, last). Divergence is a result: the run stops early and
+says so in the summary, it does not raise.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .config import RunConfig, TrainConfig
+from .data import EVAL_SEED, IGNORE, make_task
+from .model import Transformer
+
+# a step is synchronised with the host (losses read, divergence checked) every
+# SYNC_EVERY steps: every step on CPU, where reading is free, less often on GPU
+SYNC_EVERY = {"cpu": 1, "cuda": 16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import NormbenchError
+        raise NormbenchError("device is cuda but torch sees no CUDA device; use device: auto or cpu", key="device")
+    return torch.device(name)
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    """Learning rate for 0-based ``step``: linear warmup, then constant, cosine or linear decay."""
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return t.lr
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    floor = t.lr * t.min_lr_ratio
+    if t.schedule == "cosine":
+        return floor + (t.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return t.lr - (t.lr - floor) * progress
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor, z_loss: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy over non-ignored targets, the loss to optimise with z-loss added)."""
+    logits = logits.float().flatten(0, 1)  # (B*T, V)
+    y = y.flatten()
+    ce = F.cross_entropy(logits, y, ignore_index=IGNORE)
+    if not z_loss:
+        return ce, ce
+    lse = torch.logsumexp(logits[y != IGNORE], dim=-1)
+    return ce, ce + z_loss * lse.pow(2).mean()
+
+
+class Stability:
+    """Divergence and loss spikes, fed one step at a time with host floats."""
+
+    def __init__(self, t: TrainConfig, vocab_size: int):
+        self.t = t
+        self.ceiling = math.log(vocab_size) + t.divergence_margin
+        self.recent: deque[float] = deque(maxlen=t.spike_window)
+        self.spike_steps: list[int] = []
+        self.in_spike = False
+        self.grad_norms: list[float] = []
+        self.diverged_step: int | None = None
+        self.reason: str | None = None
+
+    def update(self, step: int, loss: float, grad_norm: float) -> bool:
+        """Record one step (1-based); True when the run has diverged."""
+        if not math.isfinite(loss):
+            self.reason = "non-finite loss"
+        elif not math.isfinite(grad_norm):
+            self.reason = "non-finite gradient norm"
+        elif loss > self.ceiling:
+            self.reason = f"loss {loss:.3f} above ln(vocab) + margin = {self.ceiling:.3f}"
+        if self.reason:
+            self.diverged_step = step
+            return True
+        self.grad_norms.append(grad_norm)
+        spike = len(self.recent) == self.recent.maxlen and loss > self.t.spike_factor * statistics.median(self.recent)
+        if spike and not self.in_spike:  # consecutive spiking steps are one spike
+            self.spike_steps.append(step)
+        self.in_spike = spike
+        self.recent.append(loss)
+        return False
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per step; non-finite numbers are written as null."""
+
+    def __init__(self, path: Path | None):
+        self.f = open(path, "w") if path else None
+
+    def write(self, row: dict) -> None:
+        if self.f:
+            self.f.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n")
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+
+
+def finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+@torch.no_grad()
+def evaluate(model, batches, autocast) -> float:
+    model.eval()
+    total = 0.0
+    for x, y, mask in batches:
+        with autocast():
+            total += lm_loss(model(x, mask), y)[0].item()
+    model.train()
+    return total / len(batches)
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def global_grad_norm(params, clip: float) -> torch.Tensor:
+    """The global gradient norm before clipping (and clip when ``clip`` > 0)."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = None,
+          on_progress: Callable[[int, float, float], None] | None = None) -> dict:
+    """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
+    called at each host sync."""
+    wall0 = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(cfg.device)
+    m, t = cfg.model, cfg.train
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.data, device)
+    model = Transformer(m, task.vocab_size, cfg.data.seq_len).to(device)
+    params = [p for g in model.param_groups(t.weight_decay) for p in g["params"]]
+    opt = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
+                            foreach=True)
+    autocast = autocast_for(device, t.precision)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    eval_gen = torch.Generator().manual_seed(EVAL_SEED)
+    eval_batches = [task.batch("val", t.batch_size, eval_gen) for _ in range(t.eval_batches)]
+    sync_every = SYNC_EVERY.get(device.type, 1)
+    stab = Stability(t, task.vocab_size)
+    log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
+    losses, val_losses, attn_max = [], [], []
+    init_profile: list[float] = []
+    pending: list[tuple] = []
+    tokens, step = 0, 0
+    tokens_per_step = t.batch_size * cfg.data.seq_len
+
+    def flush() -> bool:
+        """Read pending steps back to the host; True if the run diverged."""
+        nonlocal pending
+        rows, pending = pending, []
+        for s, lr, loss, gnorm, logit in rows:
+            loss, gnorm = float(loss), float(gnorm)
+            row = {"step": s, "loss": loss, "lr": lr, "grad_norm": gnorm}
+            if logit is not None:
+                row["attn_logit_max"] = float(logit)
+                attn_max.append(row["attn_logit_max"])
+            log.write(row)
+            losses.append(loss)
+            if stab.update(s, loss, gnorm):
+                return True
+        return False
+
+    model.train()
+    loop0, eval_s = time.perf_counter(), 0.0
+    try:
+        for step in range(1, t.steps + 1):
+            lr = lr_at(step - 1, t)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            measure = (step - 1) % t.measure_every == 0
+            model.measure_attention(measure)
+            x, y, mask = task.batch("train", t.batch_size, gen)
+            with autocast():
+                logits = model(x, mask)
+            loss, objective = lm_loss(logits, y, t.z_loss)
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            if step == 1:  # Xiong et al. 2020: per-layer FFN gradient norm at initialisation
+                init_profile = [torch.linalg.vector_norm(torch.stack([w.grad.norm() for w in ws])).item()
+                                for ws in model.ffn_weights()]
+            gnorm = global_grad_norm(params, t.grad_clip)
+            opt.step()
+            pending.append((step, lr, loss.detach(), gnorm.detach(),
+                            model.attention_logit_max() if measure else None))
+            tokens += tokens_per_step
+            is_eval = step % t.eval_every == 0 or step == t.steps
+            if len(pending) >= sync_every or is_eval:
+                if flush():
+                    break
+                if on_progress:
+                    on_progress(step, losses[-1], tokens / (time.perf_counter() - loop0 - eval_s))
+            if is_eval:
+                e0 = time.perf_counter()
+                val = evaluate(model, eval_batches, autocast)
+                val_losses.append((step, val))
+                log.write({"step": step, "val_loss": val})
+                eval_s += time.perf_counter() - e0
+        train_s = time.perf_counter() - loop0 - eval_s
+    finally:
+        model.measure_attention(False)
+        log.close()
+
+    diverged = stab.diverged_step is not None
+    finite_vals = [v for _, v in val_losses if math.isfinite(v)]
+    tail = [v for v in losses[-10:] if math.isfinite(v)]
+    peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10))
+    summary = {
+        "run_id": cfg.run_id(),
+        "final_val_loss": None if diverged or not val_losses else finite_or_none(val_losses[-1][1]),
+        "best_val_loss": min(finite_vals) if finite_vals else None,
+        "final_train_loss": None if diverged or not tail else sum(tail) / len(tail),
+        "diverged": diverged,
+        "diverged_step": stab.diverged_step,
+        "divergence_reason": stab.reason,
+        "steps_done": step if not diverged else stab.diverged_step,
+        "loss_spikes": len(stab.spike_steps),
+        "spike_steps": stab.spike_steps,
+        "max_grad_norm": max(stab.grad_norms) if stab.grad_norms else None,
+        "median_grad_norm": statistics.median(stab.grad_norms) if stab.grad_norms else None,
+        "clip_fraction": (sum(g > t.grad_clip for g in stab.grad_norms) / len(stab.grad_norms)
+                          if t.grad_clip > 0 and stab.grad_norms else None),
+        "max_attn_logit": max((a for a in attn_max if math.isfinite(a)), default=None),
+        "grad_norm_init_by_layer": [finite_or_none(g) for g in init_profile],
+        "val_losses": [[s, finite_or_none(v)] for s, v in val_losses],
+        "tokens_per_s": tokens / train_s if train_s > 0 else None,
+        "wall_s": time.perf_counter() - wall0,
+        "params": sum(p.numel() for p in params),
+        "vocab_size": task.vocab_size,
+        "peak_mem_mb": peak_mem,
+        "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
+        "corpus": task.fingerprint,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    return summary
