@@ -16,7 +16,8 @@ from .errors import NormbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Normalization ablations for tiny Transformers: train, measure stability, compare.")
-out_console = Console(highlight=False)
+# piped output gets a wide table rather than rich's 80-column default
+out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 

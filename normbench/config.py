@@ -229,7 +229,8 @@ def _section(cls, raw: Any, prefix: str):
     values = {}
     for k, v in raw.items():
         if k not in fields:
-            raise NormbenchError(f"unknown key{suggest(str(k), fields)}", key=f"{prefix}.{k}")
+            raise NormbenchError(f"unknown key{suggest(f'{prefix}.{k}', [f'{prefix}.{f}' for f in fields])}",
+                                 key=f"{prefix}.{k}")
         values[k] = coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
     return cls(**values)
 

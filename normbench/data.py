@@ -95,10 +95,8 @@ class CharLM:
         if not self.cfg.variable_length:
             return Batch(tok[:, :-1], tok[:, 1:], None)
         lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen).to(self.device)
-        pos = torch.arange(T + 1, device=self.device)
-        tok = tok.masked_fill(pos > lengths, PAD)  # keep L+1 real tokens: L inputs, L targets
-        y = tok[:, 1:].masked_fill(pos[1:] > lengths, IGNORE)
-        return Batch(tok[:, :-1], y, pos[:-1] < lengths)
+        real = torch.arange(T, device=self.device) < lengths  # (B, T): L inputs, L targets
+        return Batch(tok[:, :-1].masked_fill(~real, PAD), tok[:, 1:].masked_fill(~real, IGNORE), real)
 
 
 class Symbolic:

@@ -78,8 +78,9 @@ def read_yaml(path: str | Path) -> Any:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = e.problem or e.context or "malformed YAML"
-        if "could not determine a constructor" in str(e):
-            problem = f"{problem.split(' for the tag ')[0]}: tags are not allowed in recipes (recipes are data)"
+        if "could not determine a constructor" in problem:
+            tag = problem.split(" for the tag ")[-1].replace("tag:yaml.org,2002:", "!!")
+            problem = f"tag {tag} refused: recipes are data, tags are not allowed"
         raise NormbenchError(f"malformed YAML at {where}{problem}", file=str(path)) from None
     except yaml.YAMLError as e:
         raise NormbenchError(f"malformed YAML: {e}", file=str(path)) from None
@@ -153,13 +154,7 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | 
         if k == "seed":
             seeds = None
         set_dotted(base, k, v)
-    data = base.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        path = (base_dir / data["path"]).resolve()
-        if not path.is_file():
-            raise NormbenchError(f"no such file: {path}", key="base.data.path")
-        data["path"] = str(path)
-
+    _resolve_path(base, base_dir, "base.data.path")
     from_dict(base)  # the base alone must be valid: errors name base keys, not a run
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     seed_list = [{"seed": s} for s in seeds] if seeds is not None else [{}]
@@ -173,6 +168,7 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | 
                 run_raw = copy.deepcopy(base)
                 for k, v in values.items():
                     set_dotted(run_raw, k, v)
+                _resolve_path(run_raw, base_dir, "sweep: data.path")
                 try:
                     cfg = from_dict(run_raw)
                 except NormbenchError as e:
@@ -185,6 +181,16 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | 
                     runs.append(spec)
     varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
     return Recipe(name=name, description=description, runs=runs, varied=varied, path=file)
+
+
+def _resolve_path(raw: dict, base_dir: Path, where: str) -> None:
+    """data.path is relative to the recipe's folder; make it absolute and check it exists."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        path = (base_dir / data["path"]).resolve()
+        if not path.is_file():
+            raise NormbenchError(f"no such file: {path}", key=where)
+        data["path"] = str(path)
 
 
 def _sweep(raw: Any) -> tuple[dict, dict, list[int] | None]:

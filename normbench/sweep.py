@@ -65,6 +65,8 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
         # plan again under the lock: another process may have finished runs meanwhile
         plan = make_plan(recipe, plan.recipe_dir.parent, plan.force, plan.retry_failed)
         gpu = any(r.cfg.device in ("auto", "cuda") for r in plan.todo) and _cuda_available()
+        if not gpu and any(r.cfg.device == "cuda" for r in plan.todo):
+            raise NormbenchError("is cuda but torch sees no CUDA device here; use auto or cpu", key="device")
         jobs, threads = plan_parallelism(len(plan.todo), jobs, threads, gpu)
         results = dict(plan.statuses)
         outcome = Outcome(plan, results, jobs=jobs, threads=threads)

@@ -146,7 +146,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
           on_progress: Callable[[int, float, float], None] | None = None) -> dict:
     """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
     called at each host sync."""
-    wall0 = time.perf_counter()
+    wall0, started_at = time.perf_counter(), time.time()
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
@@ -251,6 +251,8 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "val_losses": [[s, finite_or_none(v)] for s, v in val_losses],
         "tokens_per_s": tokens / train_s if train_s > 0 else None,
         "wall_s": time.perf_counter() - wall0,
+        "started_at": started_at,
+        "ended_at": time.time(),
         "params": sum(p.numel() for p in params),
         "vocab_size": task.vocab_size,
         "peak_mem_mb": peak_mem,

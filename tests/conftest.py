@@ -1,0 +1,26 @@
+import copy
+
+import pytest
+
+TINY = {
+    "model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64},
+    "data": {"seq_len": 16, "max_chars": 20000},
+    "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "eval_batches": 2, "warmup_steps": 2},
+    "device": "cpu",
+}
+
+
+def tiny(**sections) -> dict:
+    """The tiny base config, with per-section overrides: tiny(model={"norm": "rmsnorm"})."""
+    raw = copy.deepcopy(TINY)
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return raw
+
+
+@pytest.fixture
+def tiny_base():
+    return tiny

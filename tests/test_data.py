@@ -1,0 +1,51 @@
+import torch
+
+from normbench.config import DataConfig
+from normbench.data import IGNORE, PAD, make_task, stdlib_text
+
+CPU = torch.device("cpu")
+
+
+def test_stdlib_corpus_is_deterministic_and_fingerprinted():
+    text, fp = stdlib_text(50_000)
+    assert len(text) == 50_000 == fp["chars"]
+    stdlib_text.cache_clear()
+    text2, fp2 = stdlib_text(50_000)
+    assert text2 == text and fp2 == fp
+    assert fp["source"] == "python-stdlib" and len(fp["sha256"]) == 16 and fp["files"] >= 1
+    assert "def " in text  # it is Python source
+
+
+def test_charlm_batches_are_shifted_windows_of_the_corpus():
+    task = make_task(DataConfig(max_chars=20_000, seq_len=16), CPU)
+    x, y, mask = task.batch("train", 4, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16) and mask is None
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    decoded = "".join(task.vocab[i] for i in x[0].tolist())
+    assert decoded in stdlib_text(20_000)[0]
+
+
+def test_variable_length_pads_masks_and_ignores_padding():
+    task = make_task(DataConfig(max_chars=20_000, seq_len=16, variable_length=True, min_len=3), CPU)
+    x, y, mask = task.batch("train", 64, torch.Generator().manual_seed(0))
+    lengths = mask.sum(1)
+    assert lengths.min() >= 3 and lengths.max() <= 16 and len(set(lengths.tolist())) > 3
+    assert (x[~mask] == PAD).all() and (x[mask] != PAD).all()
+    assert torch.equal(y != IGNORE, mask)  # a loss on every real position, none on padding
+
+
+def test_copy_and_reverse_answers():
+    for task_name, f in (("copy", lambda s: s), ("reverse", lambda s: s[::-1])):
+        for variable in (False, True):
+            task = make_task(DataConfig(task=task_name, seq_len=12, variable_length=variable, min_len=2), CPU)
+            x, y, mask = task.batch("train", 8, torch.Generator().manual_seed(1))
+            for b in range(8):
+                row = x[b].tolist()
+                L = row.index(task.SEP)
+                symbols = row[:L]
+                targets = [t for t in y[b].tolist() if t != IGNORE]
+                assert targets == f(symbols)  # the loss is on the answer, nothing else
+                if mask is not None:
+                    assert mask[b].sum().item() == 2 * L + 1 or mask[b].sum().item() == 2 * L
+            if not variable:
+                assert mask is None

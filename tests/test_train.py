@@ -1,0 +1,71 @@
+import json
+import math
+
+import pytest
+
+from normbench.config import TrainConfig, from_dict
+from normbench.store import write_summary
+from normbench.train import Stability, lr_at, train
+
+
+def test_same_config_and_seed_reproduce_identical_metrics(tmp_path, tiny_base):
+    cfg = from_dict(tiny_base(model={"norm": "batchnorm", "dropout": 0.1}))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        train(cfg, tmp_path / name, threads=1)
+    a, b = [[{k: v for k, v in json.loads(l).items()} for l in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("a", "b")]
+    assert len(a) == 12 + 2 and a == b
+    other = train(from_dict(tiny_base(seed=1, model={"norm": "batchnorm", "dropout": 0.1})), threads=1)
+    assert other["final_train_loss"] != pytest.approx(json.loads((tmp_path / "a" / "metrics.jsonl")
+                                                                 .read_text().splitlines()[0])["loss"])
+
+
+def test_tiny_run_learns_and_records_everything(tiny_base):
+    s = train(from_dict(tiny_base(train={"steps": 40, "lr": 3e-3, "eval_every": 20})), threads=1)
+    assert not s["diverged"] and s["diverged_step"] is None
+    assert s["final_val_loss"] < math.log(s["vocab_size"])  # it learned something
+    assert len(s["grad_norm_init_by_layer"]) == 2 and all(g > 0 for g in s["grad_norm_init_by_layer"])
+    assert s["max_attn_logit"] > 0 and s["max_grad_norm"] >= s["median_grad_norm"] > 0
+    assert s["tokens_per_s"] > 0 and s["params"] > 0 and s["peak_mem_mb"] > 0
+    assert [v[0] for v in s["val_losses"]] == [20, 40]
+    assert s["corpus"]["source"] == "python-stdlib" and s["threads"] == 1
+
+
+def test_absurd_learning_rate_diverges_with_a_readable_summary(tmp_path, tiny_base):
+    cfg = from_dict(tiny_base(model={"norm": "none"}, train={"lr": 1e4, "warmup_steps": 0, "steps": 30}))
+    s = train(cfg, tmp_path, threads=1)
+    assert s["diverged"] is True and 1 <= s["diverged_step"] < 30 and s["divergence_reason"]
+    write_summary(tmp_path, s)  # strict JSON: no NaN or Infinity
+    back = json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert back["diverged_step"] == s["diverged_step"]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == s["diverged_step"]
+
+
+def test_bf16_autocast_trains(tiny_base):
+    s = train(from_dict(tiny_base(train={"precision": "bf16"})), threads=1)
+    assert not s["diverged"] and math.isfinite(s["final_val_loss"])
+
+
+def test_lr_schedules():
+    t = TrainConfig(lr=1.0, warmup_steps=4, steps=14, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_at(i, t) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, t) == pytest.approx(1.0)
+    assert lr_at(9, t) == pytest.approx(0.55)  # halfway: floor + (1 - floor) / 2
+    lin = TrainConfig(lr=1.0, warmup_steps=0, steps=10, schedule="linear", min_lr_ratio=0.0)
+    assert lr_at(5, lin) == pytest.approx(0.5)
+    assert lr_at(7, TrainConfig(lr=2.0, warmup_steps=0, schedule="constant")) == 2.0
+
+
+def test_spikes_and_divergence_detection():
+    t = TrainConfig(spike_factor=1.5, spike_window=4, divergence_margin=1.0)
+    st = Stability(t, vocab_size=100)  # ceiling ln(100) + 1 = 5.605
+    losses = [2.0, 2.0, 2.0, 2.0, 3.5, 3.6, 2.0, 2.0, 2.0, 2.0, 2.0, 4.0, 2.0]
+    for i, loss in enumerate(losses, 1):
+        assert not st.update(i, loss, 1.0)
+    assert st.spike_steps == [5, 12]  # steps 5-6 are one spike
+    assert st.update(14, 5.7, 1.0) and st.diverged_step == 14 and "ln(vocab)" in st.reason
+    st2 = Stability(t, 100)
+    assert st2.update(1, 2.0, float("inf")) and st2.reason == "non-finite gradient norm"
+    st3 = Stability(t, 100)
+    assert st3.update(3, float("nan"), 1.0) and st3.reason == "non-finite loss"
