@@ -155,7 +155,6 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | 
             seeds = None
         set_dotted(base, k, v)
     _resolve_path(base, base_dir, "base.data.path")
-    from_dict(base)  # the base alone must be valid: errors name base keys, not a run
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     seed_list = [{"seed": s} for s in seeds] if seeds is not None else [{}]
     runs, seen = [], set()
@@ -172,6 +171,8 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | 
                 try:
                     cfg = from_dict(run_raw)
                 except NormbenchError as e:
+                    if not values:
+                        raise
                     label = ", ".join(f"{k}={v}" for k, v in values.items())
                     raise NormbenchError(f"{e.message} (in run {len(runs) + 1} of {total}: {label})",
                                          key=e.key) from None

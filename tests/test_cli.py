@@ -1,0 +1,107 @@
+"""The CLI end to end, through CliRunner and as a real subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from normbench.cli import app
+from conftest import tiny
+
+runner = CliRunner()
+
+
+def recipe(tmp_path, sweep=None, name="t", **sections):
+    r = {"name": name, "description": "a test", "base": tiny(**sections)}
+    if sweep:
+        r["sweep"] = sweep
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+def test_run_end_to_end(tmp_path):
+    p = recipe(tmp_path, sweep={"grid": {"model.placement": ["pre", "post"]}})
+    out = tmp_path / "res"
+    res = runner.invoke(app, ["run", str(p), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "2 completed" in res.output and "results" in res.output
+    df = pd.read_csv(out / "t" / "index.csv")
+    assert sorted(df["model.placement"]) == ["post", "pre"] and (df["status"] == "completed").all()
+    run_dir = out / "t" / df["run_id"][0]
+    for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (run_dir / f).stat().st_size > 0
+    # config.yaml is itself a recipe that reruns exactly this run: resuming finds it done
+    again = runner.invoke(app, ["run", str(run_dir / "config.yaml"), "--out", str(out), "-q"])
+    assert again.exit_code == 0 and "0 to run" in again.output
+
+
+def test_dry_run_and_validate_write_nothing(tmp_path):
+    p = recipe(tmp_path, sweep={"grid": {"model.norm": ["layernorm", "rmsnorm"]}, "seeds": 3})
+    for args in (["run", str(p), "--dry-run"], ["validate", str(p)]):
+        res = runner.invoke(app, [*args, "--out", str(tmp_path / "res")])
+        assert res.exit_code == 0 and "6 runs" in res.output and "rmsnorm" in res.output
+    assert not (tmp_path / "res").exists()
+
+
+BAD = {
+    "unknown key": ("base: {model: {nrom: layernorm}}\n", "model.nrom: unknown key (did you mean model.norm?)"),
+    "bad choice": ("base: {model: {norm: lnorm}}\n", "model.norm: expected one of"),
+    "bad yaml": ("base: {model: [1\n", "malformed YAML at line"),
+    "tag": ("base: !!python/object/apply:os.getcwd []\n", "tags are not allowed"),
+    "not a mapping": ("[1, 2]\n", "top level must be a mapping"),
+    "escape": ("name: ../x\n", "name: expected a plain folder name"),
+    "size": ("base: {train: {batch_size: 0}}\n", "train.batch_size: expected a value >= 1"),
+    "heads": ("base: {model: {d_model: 30, heads: 4}}\n", "must divide"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
+    text, message = BAD[case]
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and message in res.stderr and str(p) in res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_missing_file_and_bad_set(tmp_path):
+    res = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2 and "nope.yaml: no such file" in res.stderr
+    p = recipe(tmp_path)
+    res = runner.invoke(app, ["run", str(p), "--set", "train.stpes=3"])
+    assert res.exit_code == 2 and "did you mean train.steps" in res.stderr
+
+
+def test_list_and_keys():
+    res = runner.invoke(app, ["list"])
+    assert res.exit_code == 0
+    for name in ("batchnorm_masked", "deepnorm", "sandwich", "charlm", "reverse", "dyt"):
+        assert name in res.output
+    res = runner.invoke(app, ["keys"])
+    assert res.exit_code == 0 and "train.grad_clip" in res.output and "model.qk_norm" in res.output
+
+
+def test_subprocess_run_and_module_entry(tmp_path):
+    p = recipe(tmp_path, model={"norm": "rmsnorm"})
+    env = {**os.environ, "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "normbench", "run", str(p), "--out", str(tmp_path / "res")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "1 completed" in res.stdout
+    (run_dir,) = [d for d in (tmp_path / "res" / "t").iterdir() if d.is_dir()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run_id"] == run_dir.name and summary["diverged"] is False
+    bad = subprocess.run([sys.executable, "-m", "normbench", "run", str(tmp_path / "missing.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("no such file") and "Traceback" not in bad.stderr
+    script = os.path.join(os.path.dirname(sys.executable), "normbench")  # the installed console script
+    helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "run" in helped.stdout

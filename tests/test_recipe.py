@@ -1,0 +1,127 @@
+import pytest
+import yaml
+
+from normbench.errors import NormbenchError
+from normbench.recipe import load_recipe
+
+
+def write(tmp_path, obj, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else yaml.safe_dump(obj))
+    return p
+
+
+def test_empty_base_is_a_valid_recipe_with_documented_defaults(tmp_path):
+    rec = load_recipe(write(tmp_path, {"name": "x", "base": {}}))
+    assert len(rec.runs) == 1
+    cfg = rec.runs[0].cfg
+    assert (cfg.model.layers, cfg.model.d_model, cfg.model.norm, cfg.model.placement) == (4, 128, "layernorm", "pre")
+    assert (cfg.data.task, cfg.data.seq_len, cfg.train.batch_size, cfg.seed) == ("charlm", 128, 32, 0)
+
+
+def test_grid_zip_and_seeds_expand(tmp_path):
+    rec = load_recipe({"name": "x", "base": {"train": {"steps": 5}}, "sweep": {
+        "grid": {"model.norm": ["layernorm", "rmsnorm", "batchnorm"], "model.placement": ["pre", "post"]},
+        "zip": {"train.lr": [1e-3, 3e-3], "train.warmup_steps": [10, 30]},
+        "seeds": 2}})
+    assert len(rec.runs) == 3 * 2 * 2 * 2
+    combos = {(r.cfg.model.norm, r.cfg.model.placement, r.cfg.train.lr, r.cfg.train.warmup_steps, r.cfg.seed)
+              for r in rec.runs}
+    assert len(combos) == 24
+    assert all((lr, w) in {(1e-3, 10), (3e-3, 30)} for _, _, lr, w, _ in combos)
+    assert {s for *_, s in combos} == {0, 1}
+    assert len({r.run_id for r in rec.runs}) == 24
+    assert rec.varied == ["model.norm", "model.placement", "train.lr", "train.warmup_steps", "seed"]
+    assert load_recipe({"sweep": {"seeds": [3, 7]}}).runs[1].cfg.seed == 7
+
+
+def test_set_overrides_base_and_fixes_a_swept_key(tmp_path):
+    recipe = {"name": "x", "base": {"train": {"steps": 5}},
+              "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}, "seeds": 3}}
+    rec = load_recipe(recipe, ["train.steps=50", "model.norm=dyt", "train.lr=3e-4", "model.qk_norm=true"])
+    assert len(rec.runs) == 3
+    cfg = rec.runs[0].cfg
+    assert (cfg.train.steps, cfg.model.norm, cfg.train.lr, cfg.model.qk_norm) == (50, "dyt", 3e-4, True)
+    assert len(load_recipe(recipe, {"seed": 4}).runs) == 2
+
+
+def test_run_id_ignores_device_and_depends_on_everything_else():
+    a = load_recipe({"base": {"device": "cpu"}}).runs[0]
+    b = load_recipe({"base": {"device": "auto"}}).runs[0]
+    c = load_recipe({"base": {"seed": 1}}).runs[0]
+    assert a.run_id == b.run_id != c.run_id
+
+
+def test_yaml_floats_like_1e_minus_3_are_numbers(tmp_path):
+    rec = load_recipe(write(tmp_path, "base:\n  train:\n    lr: 1e-3\n"))
+    assert rec.runs[0].cfg.train.lr == 1e-3
+    assert rec.name == "r"  # defaults to the file's stem
+
+
+BAD = [
+    ({"base": {"model": {"nrom": "layernorm"}}}, "model.nrom", "did you mean model.norm"),
+    ({"base": {"model": {"norm": "lnorm"}}}, "model.norm", "expected one of layernorm"),
+    ({"base": {"model": {"placement": "middle"}}}, "model.placement", "pre, post, sandwich, deepnorm"),
+    ({"base": {"data": {"task": "wiki"}}}, "data.task", "charlm, text, copy, reverse"),
+    ({"base": {"model": {"layers": "two"}}}, "model.layers", "expected an integer"),
+    ({"base": {"model": {"qk_norm": "yes"}}}, "model.qk_norm", "expected true or false"),
+    ({"base": {"train": {"lr": "fast"}}}, "train.lr", "expected a number"),
+    ({"base": {"train": {"batch_size": 0}}}, "train.batch_size", ">= 1"),
+    ({"base": {"model": {"d_model": -8}}}, "model.d_model", ">= 1"),
+    ({"base": {"train": {"lr": 0}}}, "train.lr", "> 0"),
+    ({"base": {"model": {"d_model": 30, "heads": 4}}}, "model.heads", "must divide"),
+    ({"base": {"model": {"norm": "none", "placement": "deepnorm"}}}, "model.norm", "deepnorm needs a normalization"),
+    ({"base": {"data": {"task": "text"}}}, "data.path", "needs data.path"),
+    ({"base": {"trian": {}}}, "trian", "did you mean train"),
+    ({"base": {"model": [1]}}, "model", "expected a mapping"),
+    ({"bsae": {}}, "bsae", "did you mean base"),
+    ({"name": "../escape"}, "name", "plain folder name"),
+    ({"name": "/abs/path"}, "name", "plain folder name"),
+    ({"sweep": {"grid": {"model.nrom": ["a"]}}}, "sweep.grid.model.nrom", "did you mean model.norm"),
+    ({"sweep": {"grid": {"model.norm": "rmsnorm"}}}, "sweep.grid.model.norm", "non-empty list"),
+    ({"sweep": {"grid": {"model.norm": ["rmsnorm", "rmsnorm"]}}}, "sweep.grid.model.norm", "repeated"),
+    ({"sweep": {"zip": {"train.lr": [1, 2], "train.steps": [1]}}}, "sweep.zip", "equal lengths"),
+    ({"sweep": {"seeds": 0}}, "sweep.seeds", "count >= 1"),
+    ({"sweep": {"seeds": ["a"]}}, "sweep.seeds", "list of integers"),
+    ({"sweep": {"grdi": {}}}, "sweep.grdi", "did you mean grid"),
+    ({"sweep": {"grid": {"model.norm": ["layernorm", "none"], "model.placement": ["deepnorm"]}}},
+     "model.norm", "in run 2 of 2: model.norm=none, model.placement=deepnorm"),
+    ({"sweep": {"grid": {"model.norm": ["bogus"]}}}, "model.norm", "expected one of"),
+]
+
+
+@pytest.mark.parametrize("recipe,key,text", BAD, ids=[b[1] + ":" + b[2][:20] for b in BAD])
+def test_bad_recipes_name_the_key(tmp_path, recipe, key, text):
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(write(tmp_path, recipe))
+    assert e.value.key == key and text in str(e.value)
+    assert str(e.value).startswith(str(tmp_path / "r.yaml"))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("base: {model: [1, 2\n", "line 2"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("base: !!python/object/apply:os.system ['touch PWNED']\n", "tags are not allowed"),
+    ("base: {}\nbase: {}\n", "duplicate key 'base'"),
+])
+def test_malformed_yaml(tmp_path, text, expected):
+    with pytest.raises(NormbenchError, match=expected):
+        load_recipe(write(tmp_path, text))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_set_errors():
+    with pytest.raises(NormbenchError, match="did you mean train.steps"):
+        load_recipe({}, ["train.stpes=3"])
+    with pytest.raises(NormbenchError, match="KEY=VALUE"):
+        load_recipe({}, ["train.steps"])
+    with pytest.raises(NormbenchError, match="sweep.zip"):
+        load_recipe({"sweep": {"zip": {"train.lr": [1, 2], "train.steps": [1, 2]}}}, ["train.lr=3"])
+
+
+def test_text_task_path_is_relative_to_the_recipe(tmp_path):
+    (tmp_path / "corpus.txt").write_text("hello world " * 500)
+    rec = load_recipe(write(tmp_path, {"base": {"data": {"task": "text", "path": "corpus.txt"}}}))
+    assert rec.runs[0].cfg.data.path == str(tmp_path / "corpus.txt")
+    with pytest.raises(NormbenchError, match="no such file"):
+        load_recipe(write(tmp_path, {"base": {"data": {"task": "text", "path": "missing.txt"}}}))

@@ -1,0 +1,127 @@
+"""Sweeps: resume after kill -9, crashes, parallelism, locking, Ctrl-C."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import yaml
+from typer.testing import CliRunner
+
+import normbench
+from normbench import store
+from normbench.cli import app
+from conftest import tiny
+
+runner = CliRunner()
+
+
+def write_recipe(tmp_path, recipe):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    return p
+
+
+def summaries(recipe_dir):
+    return {d.name: json.loads((d / "summary.json").read_text())
+            for d in recipe_dir.iterdir() if (d / "summary.json").exists()}
+
+
+def test_killed_sweep_resumes_without_redoing_completed_runs(tmp_path):
+    recipe = {"name": "k", "base": tiny(train={"steps": 80}), "sweep": {"seeds": 4}}
+    p, out = write_recipe(tmp_path, recipe), tmp_path / "res"
+    cmd = [sys.executable, "-m", "normbench", "run", str(p), "--out", str(out), "--jobs", "1", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "k").exists() and summaries(out / "k")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the orphaned run notices its parent is gone and exits
+    before = summaries(out / "k")
+    assert 1 <= len(before) < 4
+    stamps = {rid: (out / "k" / rid / "summary.json").stat().st_mtime_ns for rid in before}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(before)} already done, {4 - len(before)} to run" in res.stdout
+    after = summaries(out / "k")
+    assert len(after) == 4
+    assert all((out / "k" / rid / "summary.json").stat().st_mtime_ns == stamps[rid] for rid in before)
+    df = pd.read_csv(out / "k" / "index.csv")
+    assert len(df) == 4 and df["run_id"].is_unique and sorted(df["seed"]) == [0, 1, 2, 3]
+
+
+def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
+    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}),
+              "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}}}
+    p, out = write_recipe(tmp_path, recipe), tmp_path / "res"
+    res = runner.invoke(app, ["run", str(p), "--out", str(out), "-q"])
+    assert res.exit_code == 1, res.output
+    df = pd.read_csv(out / "c" / "index.csv").set_index("data.path")
+    assert df.loc[str(tmp_path / "good.txt"), "status"] == "completed"
+    assert df.loc[str(tmp_path / "bad.txt"), "status"] == "crashed"
+    (crashed,) = [d for d in (out / "c").iterdir() if store.status(d) == "crashed"]
+    assert "cannot read a UTF-8 text file" in (crashed / "error.txt").read_text()
+    assert "Traceback" in (crashed / "error.txt").read_text()
+    # resume does not retry crashes; --retry-failed does (here, with the file fixed)
+    assert "0 to run" in runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).output
+    (tmp_path / "bad.txt").write_text("now it is fine text. " * 200)
+    res = runner.invoke(app, ["run", str(p), "--out", str(out), "-q", "--retry-failed"])
+    assert res.exit_code == 0 and "1 to run" in res.output
+    assert (pd.read_csv(out / "c" / "index.csv")["status"] == "completed").all()
+
+
+def test_fail_fast_stops_at_the_first_crash(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"\xff" * 3000)
+    recipe = {"name": "f", "base": tiny(data={"task": "text", "path": "bad.txt"}), "sweep": {"seeds": 3}}
+    res = runner.invoke(app, ["run", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "res"),
+                              "-q", "--jobs", "1", "--fail-fast"])
+    assert res.exit_code == 1
+    statuses = [store.status(d) for d in (tmp_path / "res" / "f").iterdir() if d.is_dir()]
+    assert statuses.count("crashed") == 1 and len(statuses) == 3  # the other two never ran
+    assert statuses.count("incomplete") == 2
+
+
+def test_two_jobs_really_run_at_once(tmp_path):
+    df = normbench.run_recipe({"name": "p", "base": tiny(train={"steps": 60}), "sweep": {"seeds": 2}},
+                              out=tmp_path, jobs=2)
+    assert len(df) == 2 and (df["status"] == "completed").all() and (df["threads"] == 1).all()
+    (a, b) = sorted(summaries(tmp_path / "p").values(), key=lambda s: s["started_at"])
+    assert b["started_at"] < a["ended_at"]  # the second started before the first ended
+
+
+def test_python_api_overrides_and_load_results(tmp_path):
+    recipe = {"name": "api", "base": tiny(), "sweep": {"grid": {"model.norm": ["rmsnorm", "dyt"]}}}
+    df = normbench.run_recipe(recipe, overrides={"train.steps": 6}, out=tmp_path, jobs=2)
+    assert list(df["model.norm"]) == ["rmsnorm", "dyt"] and (df["train.steps"] == 6).all()
+    loaded = normbench.load_results(tmp_path / "api")
+    assert set(loaded["run_id"]) == set(df["run_id"])
+    assert set(normbench.load_results(tmp_path)["run_id"]) == set(df["run_id"])
+
+
+def test_second_process_is_refused_while_the_folder_is_locked(tmp_path):
+    p = write_recipe(tmp_path, {"name": "l", "base": tiny()})
+    with store.Lock(tmp_path / "res" / "l"):
+        res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2 and "in use by another normbench process" in res.stderr
+    assert runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "res"), "-q"]).exit_code == 0
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    p = write_recipe(tmp_path, {"name": "i", "base": tiny(train={"steps": 5000})})
+    proc = subprocess.Popen([sys.executable, "-m", "normbench", "run", str(p), "--out", str(tmp_path / "res"), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "res" / "i").glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in out + err and "interrupted" in out
+    (run_dir,) = [d for d in (tmp_path / "res" / "i").iterdir() if d.is_dir()]
+    assert store.status(run_dir) == "incomplete"  # never marked complete
