@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -64,10 +65,11 @@ RESULT_COLUMNS = {"run_id": "run", "status": "status", "final_val_loss": "final 
 
 
 def _results_table(df, varied: list[str]) -> Table:
-    table = Table(title="results", title_justify="left")
+    table = Table(title="results", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     cols = [c for c in ["run_id", *varied, *list(RESULT_COLUMNS)[1:]] if c in df.columns]
     for c in cols:
-        table.add_column(RESULT_COLUMNS.get(c, c.split(".")[-1]), justify="left" if c in ("run_id", "status") else "right")
+        table.add_column(RESULT_COLUMNS.get(c, c.split(".")[-1]), no_wrap=True, min_width=5,
+                         justify="left" if c in ("run_id", "status") else "right")
     for _, row in df.iterrows():
         table.add_row(*[_fmt(row[c]) for c in cols])
     return table
