@@ -124,7 +124,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
             ids = [r.run_id for r in rec.runs]
             df = df[df["run_id"].isin(ids)]
             df = df.assign(_order=df["run_id"].map({rid: i for i, rid in enumerate(ids)})).sort_values("_order")
-            out_console.print(_results_table(df, [f"{k}" for k in rec.varied if k in df.columns]))
+            out_console.print(_results_table(df, [k for k in rec.varied if k in df.columns]))
     raise typer.Exit(outcome.exit_code)
 
 

@@ -257,7 +257,7 @@ def from_dict(raw: Any) -> RunConfig:
 
 def check(cfg: RunConfig) -> None:
     """Rules that involve more than one key."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+    m, d = cfg.model, cfg.data
     if m.d_model % m.heads:
         raise NormbenchError(f"model.heads={m.heads} must divide model.d_model={m.d_model}", key="model.heads")
     if m.placement == "deepnorm" and m.norm == "none":

@@ -119,7 +119,6 @@ NORMS: dict[str, type[nn.Module]] = {
     "batchnorm_masked": MaskedBatchNorm,
     "none": Identity,
 }
-NORM_TYPES = tuple(set(NORMS.values()) - {Identity})
 
 
 def make_norm(name: str, d: int, eps: float = 1e-5, dyt_alpha: float = 0.5) -> nn.Module:

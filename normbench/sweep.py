@@ -139,5 +139,3 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
         return df
     return df[df["run_id"].isin(ids)].set_index("run_id").reindex([i for i in ids if i in set(df["run_id"])]).reset_index()
 
-
-__all__ = ["run_recipe", "make_plan", "execute", "NormbenchError"]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import __version__
 from .config import RunConfig, TrainConfig
 from .data import EVAL_SEED, IGNORE, make_task
+from .errors import NormbenchError
 from .model import Transformer
 
 # a step is synchronised with the host (losses read, divergence checked) every
@@ -36,7 +37,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import NormbenchError
         raise NormbenchError("device is cuda but torch sees no CUDA device; use device: auto or cpu", key="device")
     return torch.device(name)
 

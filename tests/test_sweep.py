@@ -1,6 +1,5 @@
 """Sweeps: resume after kill -9, crashes, parallelism, locking, Ctrl-C."""
 import json
-import os
 import signal
 import subprocess
 import sys
