@@ -153,8 +153,12 @@ class Lock:
         self.f = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a+")
+        except OSError as e:
+            raise NormbenchError(f"cannot create the results folder: {e.strerror}", key="--out",
+                                 file=str(self.path.parent)) from None
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; documented

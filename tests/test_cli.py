@@ -105,3 +105,10 @@ def test_subprocess_run_and_module_entry(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "normbench")  # the installed console script
     helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "run" in helped.stdout
+
+
+def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
+    (tmp_path / "afile").write_text("")
+    res = runner.invoke(app, ["run", str(recipe(tmp_path)), "--out", str(tmp_path / "afile")])
+    assert res.exit_code == 2 and "cannot create the results folder" in res.stderr
+    assert "Traceback" not in res.output + res.stderr
