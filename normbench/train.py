@@ -154,9 +154,9 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.data, device)
     model = Transformer(m, task.vocab_size, cfg.data.seq_len).to(device)
-    params = [p for g in model.param_groups(t.weight_decay) for p in g["params"]]
-    opt = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
-                            foreach=True)
+    groups = model.param_groups(t.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
     autocast = autocast_for(device, t.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen = torch.Generator().manual_seed(EVAL_SEED)
