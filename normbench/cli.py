@@ -4,6 +4,7 @@ torch is imported only by commands that train, so ``--help`` and ``list`` are in
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -140,6 +141,148 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_d
     except NormbenchError as e:
         fail(e)
     out_console.print(_plan_table(plan))
+
+
+FORMATS = ("table", "csv", "markdown", "json")
+SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".json": "json", ".txt": "table"}
+ByOpt = typer.Option(None, "--by", metavar="KEYS",
+                     help="Comma-separated dotted keys to group by, e.g. model.norm,model.placement. "
+                          "Default: every key that varies among the runs (and recipe, when several).")
+MetricOpt = typer.Option("final_val_loss", "--metric", help="Ranking metric: final_val_loss, best_val_loss, "
+                         "final_train_loss, loss_spikes, max_grad_norm, median_grad_norm, max_attn_logit, "
+                         "tokens_per_s or wall_s.")
+FilterOpt = typer.Option(None, "--filter", metavar="KEY=VALUE",
+                         help="Keep runs whose KEY equals VALUE (repeatable; VALUE may list alternatives: "
+                              "model.norm=layernorm,rmsnorm). Numbers compare as numbers: train.lr=1e-3 "
+                              "matches 0.001.")
+
+
+def _compare(results, by, metric, filters):
+    from .compare import compare as do_compare
+
+    return do_compare(results or [Path("results")], by=by, metric=metric, filters=filters)
+
+
+def _rich_compare(c) -> Table:
+    from .compare import display_rows, legend
+
+    header, rows = display_rows(c)
+    table = Table(title=f"compare: {len(c.runs)} runs, grouped by {', '.join(c.by) or 'nothing'}",
+                  title_justify="left", caption=legend(c), caption_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for i, h in enumerate(header):
+        table.add_column(h, no_wrap=True, justify="left" if i < len(c.by) else "right")
+    for i, r in enumerate(rows):
+        table.add_row(*r, style="bold green" if i == c.best else ("red" if "diverged" in r else None))
+    return table
+
+
+def _rich_sensitivity(c) -> Table:
+    from .compare import sensitivity_rows
+
+    header, rows = sensitivity_rows(c)
+    table = Table(title="LR sensitivity (lower: more forgiving)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for h in header:
+        table.add_column(h, no_wrap=True)
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+@app.command()
+def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results folders (a recipe's folder or a "
+                                                                       "parent of several). Default: results/.",
+                                                            show_default=False),
+            by: Optional[str] = ByOpt, metric: str = MetricOpt, filter_: Optional[List[str]] = FilterOpt,
+            format_: Optional[str] = typer.Option(None, "--format", help="table, csv, markdown or json. "
+                                                  "Default: from --output's suffix, else table."),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead "
+                                                  "of the terminal."),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the training curves "
+                                                "(loss, validation loss, gradient norm) to this PNG.")):
+    """Compare finished runs: group by the factors that vary, mean ± std over seeds, rank.
+
+    Diverged runs are counted (diverged column), never averaged in. Crashed or unfinished runs
+    are listed in notes, and the rest is compared anyway.
+    """
+    from . import compare as cmp
+
+    fmt = format_ or (SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output else "table")
+    if fmt not in FORMATS:
+        fail(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+        fail(f"--plot: expected a .png, .pdf or .svg file name, got {str(plot)!r}")
+    for path in (output, plot):  # refuse before the work, not after it
+        if path is not None and not path.parent.is_dir():
+            fail(NormbenchError("its folder does not exist", file=str(path)))
+        if path is not None and path.is_dir():
+            fail(NormbenchError("is a folder; expected a file name", file=str(path)))
+    try:
+        c = _compare(results, by, metric, filter_)
+    except NormbenchError as e:
+        fail(e)
+    if fmt == "table":
+        console = out_console if output is None else Console(file=io.StringIO(), width=160, highlight=False)
+        console.print(_rich_compare(c))
+        if c.sensitivity is not None:
+            console.print(_rich_sensitivity(c))
+        for note in c.notes:
+            console.print(f"note: {note}", markup=False, style="yellow")
+        text = console.file.getvalue() if output is not None else None
+    else:
+        text = {"csv": cmp.to_csv, "markdown": cmp.to_markdown, "json": cmp.to_json}[fmt](c)
+        if output is None:
+            sys.stdout.write(text)
+            for note in c.notes:  # stdout stays machine-readable
+                err_console.print(f"note: {note}", markup=False)
+    if output is not None:
+        _write_output(output, text)
+        err_console.print(f"wrote {output}", markup=False)
+    if plot is not None:
+        from . import plots
+
+        _write_output(plot, None, lambda: plots.curves(c, plot))
+        err_console.print(f"wrote {plot}", markup=False)
+
+
+def _write_output(path: Path, text: str | None, draw=None) -> None:
+    from . import store
+
+    try:
+        if draw is not None:
+            draw()
+        else:
+            store.write_atomic(path, text)
+    except NormbenchError as e:
+        fail(e)
+    except OSError as e:
+        fail(NormbenchError(f"cannot write: {e.strerror}", file=str(path)))
+
+
+@app.command()
+def report(results: Path = typer.Argument(..., help="Results folder; report.md and figures/ are written into it.",
+                                          show_default=False),
+           by: Optional[str] = ByOpt, metric: str = MetricOpt, filter_: Optional[List[str]] = FilterOpt):
+    """Write RESULTS/report.md with the comparison table, curves, the per-layer gradient norm at
+    initialisation, LR sensitivity (when train.lr varies) and the diverged runs, plus its PNG figures."""
+    from .report import write_report
+
+    try:
+        c = _compare([results], by, metric, filter_)
+        path = _write_report(write_report, c, results)
+    except NormbenchError as e:
+        fail(e)
+    figs = sorted(p.name for p in (results / "figures").glob("*.png"))
+    out_console.print(f"wrote {path} and {len(figs)} figures in {results / 'figures'}: {', '.join(figs)}",
+                      markup=False)
+
+
+def _write_report(write_report, c, results: Path):
+    try:
+        return write_report(c, results)
+    except OSError as e:
+        raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
 
 @app.command("list")

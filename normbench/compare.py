@@ -1,0 +1,430 @@
+"""Compare finished runs: group by the factors that vary, aggregate over seeds, rank.
+
+Reads only the run folders (config.yaml, summary.json; metrics.jsonl for plots), so it
+works on any results folder, while a sweep is still running, and on folders copied
+from another machine.
+
+Aggregation rule: a diverged run has no final loss, so every metric is the mean ± std
+(sample std, ddof=1) over the runs of a group that did *not* diverge; ``n`` counts the
+group's finished runs and ``diverged_rate`` the share that diverged. A group whose runs
+all diverged has no numbers, only ``diverged_rate == 1``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import store
+from .config import all_keys, suggest
+from .errors import NormbenchError
+
+# metric -> (column title, lower is better)
+METRICS = {
+    "final_val_loss": ("final val", True),
+    "best_val_loss": ("best val", True),
+    "final_train_loss": ("final train", True),
+    "loss_spikes": ("spikes", True),
+    "max_grad_norm": ("max |grad|", True),
+    "median_grad_norm": ("median |grad|", True),
+    "max_attn_logit": ("max logit", True),
+    "tokens_per_s": ("tok/s", False),
+    "wall_s": ("wall s", True),
+}
+DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
+                   "tokens_per_s"]
+LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss")
+LR = "train.lr"
+# config keys that never count as factors: seeds are what we aggregate over; device is where, not what
+NOT_FACTORS = {"seed", "device"}
+
+
+def config_keys() -> list[str]:
+    return [k for k, *_ in all_keys()]
+
+
+@dataclass
+class Comparison:
+    by: list[str]  # the grouping factors (dotted keys, and "recipe" when several recipes are compared)
+    metric: str  # the ranking metric
+    metrics: list[str]  # the metrics aggregated
+    table: pd.DataFrame  # one row per group, best first: factors, n, n_diverged, diverged_rate, <m>_mean, <m>_std
+    runs: pd.DataFrame  # the finished runs compared, one per row, with "path" (the run folder) and "group"
+    crashed: pd.DataFrame  # crashed runs (compared anyway: they are listed, not averaged)
+    sensitivity: pd.DataFrame | None = None  # per combination of the other factors, when train.lr is a factor
+    notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> int | None:
+        """Row position of the best group (the table is sorted, so 0) or None if every group diverged."""
+        col = f"{self.metric}_mean"
+        ok = self.table[col].notna() if col in self.table else pd.Series(dtype=bool)
+        return int(ok.to_numpy().argmax()) if ok.any() else None
+
+    def label(self, row) -> str:
+        """A short legend label for a group: ``norm=rmsnorm, placement=pre``."""
+        return group_label(row, self.by)
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """model.norm -> norm, unless two keys share their last part."""
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def group_label(row, by: list[str]) -> str:
+    names = short_names(by)
+    return ", ".join(f"{names[k]}={_plain(row[k])}" for k in by) or "all runs"
+
+
+def _plain(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def find_recipe_dirs(path: Path, depth: int = 3) -> list[Path]:
+    """Folders holding run folders (``results/<name>``), found under ``path`` up to ``depth`` levels."""
+    path = Path(path)
+    if (path / store.INDEX).exists() or any((p / store.CONFIG).exists() for p in _subdirs(path)):
+        return [path]
+    if depth == 0:
+        return []
+    return [d for sub in _subdirs(path) for d in find_recipe_dirs(sub, depth - 1)]
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Every finished or crashed run under ``paths``: (runs, notes, recipe folders read)."""
+    rows, notes, sources, seen = [], [], [], {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise NormbenchError("no such results folder", file=str(path))
+        dirs = find_recipe_dirs(path)
+        if not dirs:
+            raise NormbenchError("holds no run folders (expected RESULTS/<recipe>/<run id>/config.yaml)",
+                                 file=str(path))
+        for d in dirs:
+            sources.append(str(d))
+            unfinished, dups = [], []
+            for run_dir in _subdirs(d):
+                if not (run_dir / store.CONFIG).exists():
+                    continue
+                row = store.read_run(run_dir)
+                if row is None:  # incomplete: still running, interrupted, or never started
+                    unfinished.append(run_dir.name)
+                    continue
+                if row["run_id"] in seen:  # the same config (and seed) twice: count it once
+                    dups.append(row["run_id"])
+                    continue
+                seen[row["run_id"]] = d
+                row["path"] = str(run_dir)
+                if row["status"] in store.DONE:  # the curves the index leaves out, for the figures
+                    summary = json.loads((run_dir / store.SUMMARY).read_text())
+                    row["val_losses"] = summary.get("val_losses") or []
+                    row["grad_norm_init_by_layer"] = summary.get("grad_norm_init_by_layer") or []
+                rows.append(row)
+            if unfinished:
+                notes.append(f"{d}: {_count(unfinished, 'run')} not finished (still running or interrupted; "
+                             f"`normbench run` resumes them): {', '.join(unfinished)}")
+            if dups:
+                notes.append(f"{d}: {_count(dups, 'run')} skipped as already read from another folder "
+                             f"(same run id): {', '.join(dups)}")
+    runs = pd.DataFrame(rows)
+    if not runs.empty:
+        crashed = runs[runs["status"] == "crashed"]
+        for _, r in crashed.iterrows():
+            notes.append(f"{Path(r['path']).parent}: run {r['run_id']} crashed ({r.get('error') or 'see error.txt'}); "
+                         "listed, not compared")
+    return runs, notes, sources
+
+
+def _count(items, word: str) -> str:
+    return f"{len(items)} {word}{'s' if len(items) != 1 else ''}"
+
+
+def parse_filters(filters: list[str] | None, columns) -> list[tuple[str, list[str]]]:
+    """``model.norm=layernorm`` or ``model.norm=layernorm,rmsnorm`` -> (key, accepted values)."""
+    out = []
+    valid = sorted(set(config_keys()) | {"recipe", "status", "run_id"} | set(columns))
+    for text in filters or []:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise NormbenchError(f"expected KEY=VALUE (e.g. model.norm=layernorm), got {text!r}", key="--filter")
+        if key not in valid:
+            raise NormbenchError(f"unknown key {key!r}{suggest(key, valid)}", key="--filter")
+        out.append((key, [v.strip() for v in value.split(",")]))
+    return out
+
+
+def _matches(v, wanted: str) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v).lower() == wanted.lower()
+    try:
+        return float(v) == float(wanted)
+    except ValueError:
+        return False
+
+
+def apply_filters(runs: pd.DataFrame, filters: list[tuple[str, list[str]]]) -> pd.DataFrame:
+    for key, wanted in filters:
+        col = runs[key] if key in runs else pd.Series([None] * len(runs), index=runs.index)
+        keep = col.map(lambda v: any(_matches(v, w) for w in wanted))
+        if not keep.any():
+            have = sorted({_plain(v) for v in col})
+            raise NormbenchError(f"{key}={','.join(wanted)} matches none of the {len(runs)} runs "
+                                 f"({key} has: {', '.join(have) or 'no values'})", key="--filter")
+        runs = runs[keep]
+    return runs
+
+
+def varied_factors(runs: pd.DataFrame) -> list[str]:
+    """The config keys (in schema order) that take more than one value among ``runs``; plus
+    ``recipe`` first when the runs come from several recipes."""
+    factors = ["recipe"] if "recipe" in runs and runs["recipe"].nunique(dropna=False) > 1 else []
+    for key in config_keys():
+        if key in NOT_FACTORS or key not in runs:
+            continue
+        if runs[key].map(_plain).nunique() > 1:
+            factors.append(key)
+    return factors
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+
+
+def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str) -> pd.DataFrame:
+    """One row per group of ``by``: n, n_diverged, diverged_rate, <m>_mean, <m>_std; sorted best first."""
+    lower = METRICS[metric][1]
+    rows = []
+    for key, g in _groups(runs, by):
+        ok = g[~g["diverged"].astype(bool)]
+        row = dict(zip(by, key))
+        row["n"] = len(g)
+        row["n_diverged"] = len(g) - len(ok)
+        row["diverged_rate"] = row["n_diverged"] / len(g)
+        for m in metrics:
+            vals = pd.to_numeric(ok[m], errors="coerce").dropna() if m in ok else pd.Series(dtype=float)
+            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    sort_col = f"{metric}_mean"
+    return table.sort_values(sort_col, ascending=lower, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _groups(runs: pd.DataFrame, by: list[str]):
+    """(values tuple, frame) per distinct combination of ``by``, in first-seen order."""
+    if not by:
+        yield (), runs
+        return
+    keys = runs[by].apply(lambda r: tuple(_hashable(v) for v in r), axis=1)
+    for key in dict.fromkeys(keys):
+        yield key, runs[keys == key]
+
+
+def _hashable(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return v.item() if hasattr(v, "item") else v
+
+
+def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame | None:
+    """Wortsman et al. 2023: per combination of the factors other than train.lr,
+    mean over learning rates of min(loss(lr), ln V) minus min over lr of that, where
+    loss(lr) is the mean over seeds and a diverged seed counts as ln V (the loss of a
+    uniform guess, the cap). Lower is more forgiving. None unless train.lr is a factor."""
+    if LR not in by:
+        return None
+    loss_metric = metric if metric in LOSS_METRICS else "final_val_loss"
+    others = [k for k in by if k != LR]
+    rows = []
+    for key, g in _groups(runs, others):
+        cap = math.log(float(pd.to_numeric(g["vocab_size"], errors="coerce").max()))
+        curve = {}
+        for lr, gl in g.groupby(LR, sort=True):
+            capped = [cap if (d or v is None or not math.isfinite(float(v))) else min(float(v), cap)
+                      for d, v in zip(gl["diverged"].astype(bool), gl[loss_metric].map(_none_if_nan))]
+            curve[float(lr)] = sum(capped) / len(capped)
+        if len(curve) < 2:
+            continue
+        best_lr = min(curve, key=curve.get)
+        row = dict(zip(others, key))
+        row.update({"lrs": len(curve), "best_lr": best_lr, "best_loss": curve[best_lr], "cap": cap,
+                    "lr_sensitivity": sum(curve.values()) / len(curve) - curve[best_lr],
+                    "curve": sorted(curve.items())})
+        rows.append(row)
+    if not rows:
+        return None
+    return pd.DataFrame(rows).sort_values("lr_sensitivity", kind="stable").reset_index(drop=True)
+
+
+def _none_if_nan(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
+
+
+def compare(paths=("results",), by: list[str] | str | None = None, metric: str = "final_val_loss",
+            filters: list[str] | None = None, metrics: list[str] | None = None) -> Comparison:
+    """Read, filter, group and aggregate. ``by=None`` groups by the factors that vary."""
+    if metric not in METRICS:
+        raise NormbenchError(f"unknown metric {metric!r}{suggest(metric, METRICS)}; expected one of "
+                             f"{', '.join(METRICS)}", key="--metric")
+    runs, notes, sources = collect(list(paths))
+    if runs.empty:
+        raise NormbenchError("no finished runs to compare yet", file=", ".join(map(str, paths)))
+    runs = apply_filters(runs, parse_filters(filters, runs.columns))
+    crashed = runs[runs["status"] == "crashed"]
+    done = runs[runs["status"].isin(store.DONE)].copy()
+    if done.empty:
+        raise NormbenchError(f"no finished runs to compare (only {_count(crashed, 'crashed run')})",
+                             file=", ".join(map(str, paths)))
+    done["diverged"] = done["diverged"].astype(bool)
+    auto = varied_factors(done)
+    if by is None:
+        by = auto
+    else:
+        by = [b.strip() for b in by.split(",")] if isinstance(by, str) else list(by)
+        valid = config_keys() + ["recipe"]
+        for b in by:
+            if b not in valid:
+                raise NormbenchError(f"unknown key {b!r}{suggest(b, valid)}", key="--by")
+        pooled = [k for k in auto if k not in by]
+        if pooled:
+            notes.append(f"pooled over {', '.join(pooled)} (they vary but are not in --by)")
+    for b in by:
+        if b not in done:
+            done[b] = None
+    metrics = list(dict.fromkeys((metrics or DEFAULT_METRICS) + [metric]))
+    table = aggregate(done, by, metrics, metric)
+    sens = lr_sensitivity(done, by, metric)
+    if sens is not None:
+        others = [k for k in by if k != LR]
+        lookup = {tuple(_hashable(r[k]) for k in others): r["lr_sensitivity"] for _, r in sens.iterrows()}
+        table["lr_sensitivity"] = [lookup.get(tuple(_hashable(r[k]) for k in others), math.nan)
+                                   for _, r in table.iterrows()]
+    done["group"] = done[by].apply(lambda r: group_label(r, by), axis=1) if by else "all runs"
+    return Comparison(by=by, metric=metric, metrics=metrics, table=table, runs=done, crashed=crashed,
+                      sensitivity=sens, notes=notes, sources=sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# output formats
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """The table as JSON-safe records: NaN and None -> null, numpy scalars -> Python."""
+    def clean(v):
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        v = _hashable(v)
+        return None if v == "-" else v
+
+    return [{k: clean(v) for k, v in r.items()} for _, r in table.iterrows()]
+
+
+def to_csv(c: Comparison) -> str:
+    return c.table.to_csv(index=False)
+
+
+def to_json(c: Comparison) -> str:
+    doc = {"by": c.by, "metric": c.metric, "lower_is_better": METRICS[c.metric][1], "sources": c.sources,
+           "rows": records(c.table),
+           "lr_sensitivity": records(c.sensitivity) if c.sensitivity is not None else None,
+           "crashed": [{"run_id": r["run_id"], "path": r["path"], "error": r.get("error")}
+                       for _, r in c.crashed.iterrows()],
+           "notes": c.notes}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def fmt_value(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
+    return str(v)
+
+
+def cell(row, m: str) -> str:
+    """``2.174 ± 0.012``; ``diverged`` when every run of the group diverged; ``-`` when not measured."""
+    if row["n_diverged"] == row["n"]:
+        return "diverged"
+    mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+    if isinstance(mean, float) and math.isnan(mean):
+        return "-"
+    return fmt_value(mean) + ("" if isinstance(std, float) and math.isnan(std) else f" ± {fmt_value(std, 2)}")
+
+
+def display_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the terminal table and the markdown one."""
+    names = short_names(c.by)
+    header = [names[k] for k in c.by] + ["n", "diverged"] + [METRICS[m][0] for m in c.metrics]
+    if "lr_sensitivity" in c.table:
+        header.append("LR sens.")
+    rows = []
+    for _, r in c.table.iterrows():
+        cells = [_plain(r[k]) for k in c.by] + [str(int(r["n"])), f"{int(r['n_diverged'])}/{int(r['n'])}"]
+        cells += [cell(r, m) for m in c.metrics]
+        if "lr_sensitivity" in c.table:
+            cells.append(fmt_value(r["lr_sensitivity"], 3))
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]], bold_row: int | None = None) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(rows):
+        cells = [f"**{esc(x)}**" if i == bold_row else esc(x) for x in r]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    others = [k for k in c.by if k != LR]
+    names = short_names(others)
+    header = [names[k] for k in others] + ["learning rates", "best lr", "best loss", "LR sensitivity"]
+    rows = [[_plain(r[k]) for k in others] + [str(r["lrs"]), f"{r['best_lr']:g}", fmt_value(r["best_loss"]),
+                                              fmt_value(r["lr_sensitivity"], 3)]
+            for _, r in c.sensitivity.iterrows()]
+    return header, rows
+
+
+def legend(c: Comparison) -> str:
+    direction = "lower" if METRICS[c.metric][1] else "higher"
+    return (f"Ranked by {c.metric} ({direction} is better); mean ± std over the seeds that did not diverge; "
+            "'diverged' counts the runs that did. Losses in nats.")
+
+
+def to_markdown(c: Comparison) -> str:
+    """The comparison, the LR sensitivity (when lr varies) and the notes, as GitHub markdown."""
+    parts = [markdown_table(*display_rows(c), bold_row=c.best), legend(c)]
+    if c.sensitivity is not None:
+        parts += [f"Learning-rate sensitivity of {_sens_metric(c)} (Wortsman et al. 2023: mean over the learning "
+                  "rates of min(loss, ln V) minus the best; lower is more forgiving):",
+                  markdown_table(*sensitivity_rows(c))]
+    if c.notes:
+        parts += ["Notes:", "\n".join(f"- {n}" for n in c.notes)]
+    return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+def _sens_metric(c: Comparison) -> str:
+    return c.metric if c.metric in LOSS_METRICS else "final_val_loss"

@@ -1,0 +1,88 @@
+"""``normbench report``: a self-contained markdown report, with its figures, in the results folder.
+
+Layout written::
+
+    RESULTS/report.md
+    RESULTS/figures/curves.png           training loss, validation loss, gradient norm per configuration
+    RESULTS/figures/grad_norm_init.png   per-layer gradient norm at initialisation
+    RESULTS/figures/lr_sensitivity.png   loss against learning rate (only when train.lr varies)
+
+Figures are drawn first and report.md is written last, atomically, so a report that
+exists is complete. Stale figures from an earlier report (say, an lr plot that no longer
+applies) are removed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from . import __version__, plots, store
+from .compare import Comparison, _plain, display_rows, fmt_value, legend, markdown_table, sensitivity_rows, \
+    short_names
+
+FIGURES = "figures"
+
+
+def write_report(c: Comparison, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / FIGURES
+    figs = {
+        "curves": plots.curves(c, fig_dir / "curves.png"),
+        "grad_norm_init": plots.grad_norm_init(c, fig_dir / "grad_norm_init.png"),
+        "lr_sensitivity": plots.lr_sensitivity(c, fig_dir / "lr_sensitivity.png"),
+    }
+    for name, path in figs.items():
+        if path is None:
+            (fig_dir / f"{name}.png").unlink(missing_ok=True)
+    text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir)
+    path = out_dir / "report.md"
+    store.write_atomic(path, text)
+    return path
+
+
+def render(c: Comparison, figs: dict[str, str], out_dir: Path) -> str:
+    recipes = sorted({str(r) for r in c.runs["recipe"].dropna()})
+    n_div = int(c.runs["diverged"].sum())
+    lines = [f"# normbench report: {', '.join(recipes) or out_dir.name}", "",
+             f"{len(c.runs)} finished runs ({n_div} diverged{', ' + str(len(c.crashed)) + ' crashed' if len(c.crashed) else ''}) "
+             f"from {', '.join(f'`{s}`' for s in c.sources)}, grouped by "
+             f"{', '.join(f'`{b}`' for b in c.by) or 'nothing (one configuration)'}. "
+             f"Written {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by normbench {__version__}; "
+             f"rerun with `normbench report {out_dir}`.", ""]
+    if c.notes:
+        lines += ["**Notes**", ""] + [f"- {n}" for n in c.notes] + [""]
+    lines += ["## Comparison", "", markdown_table(*display_rows(c), bold_row=c.best), legend(c), ""]
+    best = c.best
+    if best is not None:
+        lines += [f"Best by {c.metric}: **{c.label(c.table.iloc[best])}**.", ""]
+    if "lr_sensitivity" in figs:
+        lines += ["## Learning-rate sensitivity", "",
+                  f"Per configuration, the mean over the learning rates of min(loss, ln V) minus the best loss, on "
+                  f"the seed mean of {c.metric if c.metric.endswith('loss') else 'final_val_loss'}; a diverged "
+                  "seed counts as ln V, the loss of a uniform guess (Wortsman et al. 2023). Lower is more "
+                  "forgiving.", "", markdown_table(*sensitivity_rows(c)),
+                  f"![loss against learning rate]({figs['lr_sensitivity']})", ""]
+    lines += ["## Training curves", "",
+              "Training loss (running mean), validation loss (seed mean, band ±1 std over seeds) and the global "
+              "gradient norm before clipping (log scale).", "", f"![training curves]({figs['curves']})", ""]
+    if "grad_norm_init" in figs:
+        lines += ["## Gradient norm per layer at initialisation", "",
+                  "The norm of each block's feed-forward weight gradients on the first batch, before any update "
+                  "(Xiong et al. 2020: under Post-LN it grows towards the output, under Pre-LN it does not).", "",
+                  f"![gradient norm per layer at initialisation]({figs['grad_norm_init']})", ""]
+    lines += ["## Diverged runs", ""]
+    div = c.runs[c.runs["diverged"]]
+    if div.empty:
+        lines += ["None.", ""]
+    else:
+        names = short_names(c.by)
+        rows = [[r["run_id"], *(_plain(r[k]) for k in c.by), str(r.get("seed", "")),
+                 fmt_value(r.get("diverged_step")), str(r.get("divergence_reason") or "")]
+                for _, r in div.sort_values("diverged_step").iterrows()]
+        lines += [markdown_table(["run", *(names[k] for k in c.by), "seed", "step", "reason"], rows)]
+    if len(c.crashed):
+        lines += ["## Crashed runs", "", "Not compared; `normbench run RECIPE --retry-failed` reruns them.", "",
+                  markdown_table(["run", "folder", "error"],
+                                 [[r["run_id"], str(Path(r["path"]).parent), str(r.get("error") or "")]
+                                  for _, r in c.crashed.iterrows()])]
+    return "\n".join(lines).rstrip("\n") + "\n"
