@@ -5,7 +5,7 @@ that ``normbench --help`` never pays for importing torch.
 """
 __version__ = "0.1.0"
 
-__all__ = ["run_recipe", "load_results", "train", "load_recipe", "__version__"]
+__all__ = ["run_recipe", "load_results", "train", "load_recipe", "compare_results", "write_report", "__version__"]
 
 
 def __getattr__(name):
@@ -18,6 +18,12 @@ def __getattr__(name):
     if name == "load_recipe":
         from .recipe import load_recipe
         return load_recipe
+    if name == "compare_results":  # not "compare": that is the submodule normbench.compare
+        from .compare import compare as compare_results
+        return compare_results
+    if name == "write_report":
+        from .report import write_report
+        return write_report
     if name == "train":
         from .train import train
         return train

@@ -37,3 +37,22 @@ def test_readme_documents_every_key_command_and_option():
         assert word in readme, word
     for path in RECIPES:
         assert f"recipes/{path.name}" in readme, path.name
+
+
+def test_readme_documents_every_command_and_option_the_cli_has():
+    import typer.main
+
+    from normbench.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    group = typer.main.get_command(app)
+    assert {"run", "validate", "list", "keys", "compare", "report"} <= set(group.commands)
+    for name, cmd in group.commands.items():
+        assert f"normbench {name}" in readme, name
+        for param in cmd.params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt != "--help":
+                    assert f"`{opt}" in readme, f"{name} {opt}"
+    for word in ("report.md", "figures/curves.png", "figures/grad_norm_init.png", "figures/lr_sensitivity.png",
+                 "compare_results", "write_report", "diverged_rate", "_mean", "_std", "lr_sensitivity"):
+        assert word in readme, word

@@ -1,0 +1,235 @@
+"""compare and report on a small real sweep: the aggregates against a hand computation,
+every output format parsed back, figures written, crashed and unfinished runs tolerated."""
+import io
+import json
+import math
+import statistics
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import normbench
+from normbench import store
+from normbench.cli import app
+from normbench.compare import compare
+from conftest import tiny
+
+runner = CliRunner()
+LRS = (0.003, 5.0)  # 5.0 diverges within a few steps on every seed; 0.003 never does
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """placement (pre, post) x lr (0.003, 5.0) x 2 seeds of the tiny model: 8 real runs."""
+    out = tmp_path_factory.mktemp("cmp") / "results"
+    recipe = {"name": "lrs", "base": tiny(train={"steps": 12}),
+              "sweep": {"grid": {"model.placement": ["pre", "post"], "train.lr": list(LRS)}, "seeds": 2}}
+    df = normbench.run_recipe(recipe, out=out, jobs=2, threads=1)
+    assert (df["status"] != "crashed").all()
+    return out, df
+
+
+def runs_of(df, placement=None, lr=None):
+    sel = df
+    if placement is not None:
+        sel = sel[sel["model.placement"] == placement]
+    if lr is not None:
+        sel = sel[sel["train.lr"] == lr]
+    return sel
+
+
+def test_the_sweep_has_diverged_and_finished_runs(sweep):
+    _, df = sweep
+    assert df.loc[df["train.lr"] == 5.0, "diverged"].all()
+    assert not df.loc[df["train.lr"] == 0.003, "diverged"].any()
+
+
+def test_group_means_stds_and_diverged_rate_equal_a_hand_computation(sweep):
+    out, df = sweep
+    c = compare([out])
+    assert c.by == ["model.placement", "train.lr"]  # detected: the keys that vary (seed is aggregated over)
+    assert len(c.table) == 4
+    for _, row in c.table.iterrows():
+        runs = runs_of(df, row["model.placement"], row["train.lr"])
+        assert row["n"] == 2
+        ok = runs[~runs["diverged"].astype(bool)]
+        assert row["diverged_rate"] == (len(runs) - len(ok)) / len(runs)
+        if row["train.lr"] == 5.0:  # every seed diverged: no numbers, never a mean of garbage
+            assert row["diverged_rate"] == 1.0 and math.isnan(row["final_val_loss_mean"])
+            continue
+        for m in ("final_val_loss", "best_val_loss", "max_grad_norm", "tokens_per_s", "loss_spikes"):
+            vals = [float(v) for v in ok[m]]
+            assert row[f"{m}_mean"] == pytest.approx(statistics.mean(vals), rel=1e-12)
+            assert row[f"{m}_std"] == pytest.approx(statistics.stdev(vals), rel=1e-12, abs=1e-15)
+    # ranked best first, fully diverged groups last
+    means = c.table["final_val_loss_mean"].tolist()
+    assert means[:2] == sorted(means[:2]) and all(math.isnan(m) for m in means[2:])
+    assert c.best == 0
+
+
+def test_pooled_groups_count_diverged_runs_but_do_not_average_them(sweep):
+    out, df = sweep
+    c = compare([out], by="model.placement")
+    assert any("pooled over train.lr" in n for n in c.notes)
+    for _, row in c.table.iterrows():
+        runs = runs_of(df, row["model.placement"])
+        ok = runs[~runs["diverged"].astype(bool)]
+        assert (row["n"], row["n_diverged"], row["diverged_rate"]) == (4, 2, 0.5)
+        assert row["final_val_loss_mean"] == pytest.approx(statistics.mean(ok["final_val_loss"]), rel=1e-12)
+
+
+def test_lr_sensitivity_is_wortsmans_formula(sweep):
+    out, df = sweep
+    c = compare([out])
+    assert c.sensitivity is not None and len(c.sensitivity) == 2
+    for _, row in c.sensitivity.iterrows():
+        runs = runs_of(df, row["model.placement"])
+        cap = math.log(int(runs["vocab_size"].iloc[0]))  # ln V: the loss of a uniform guess
+        # per lr: seed mean of min(loss, cap), a diverged seed counting as cap
+        curve = {}
+        for lr in LRS:
+            sel = runs_of(runs, lr=lr)
+            curve[lr] = statistics.mean(cap if d else min(float(v), cap)
+                                        for d, v in zip(sel["diverged"], sel["final_val_loss"]))
+        assert curve[5.0] == cap
+        expected = statistics.mean(curve.values()) - min(curve.values())
+        assert row["lr_sensitivity"] == pytest.approx(expected, rel=1e-12)
+        assert row["best_lr"] == 0.003 and row["lrs"] == 2
+    # and every row of the main table carries its combination's sensitivity
+    for _, row in c.table.iterrows():
+        sens = c.sensitivity.set_index("model.placement").loc[row["model.placement"], "lr_sensitivity"]
+        assert row["lr_sensitivity"] == sens
+
+
+def test_csv_json_markdown_and_table_parse_back(sweep, tmp_path):
+    out, _ = sweep
+    c = compare([out])
+    res = runner.invoke(app, ["compare", str(out), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    csv = pd.read_csv(io.StringIO(res.stdout))
+    for col in ("model.placement", "train.lr", "n", "diverged_rate", "final_val_loss_mean", "final_val_loss_std",
+                "max_attn_logit_mean", "tokens_per_s_std", "lr_sensitivity"):
+        assert col in csv.columns
+    pd.testing.assert_series_equal(csv["final_val_loss_mean"], c.table["final_val_loss_mean"], check_names=False)
+
+    target = tmp_path / "cmp.json"
+    res = runner.invoke(app, ["compare", str(out), "--output", str(target)])  # format from the suffix
+    assert res.exit_code == 0, res.output
+    doc = json.loads(target.read_text())
+    assert doc["by"] == ["model.placement", "train.lr"] and doc["metric"] == "final_val_loss"
+    assert len(doc["rows"]) == 4 and doc["rows"][0]["final_val_loss_mean"] == c.table["final_val_loss_mean"][0]
+    assert doc["rows"][-1]["final_val_loss_mean"] is None and doc["rows"][-1]["diverged_rate"] == 1.0
+    assert {r["model.placement"] for r in doc["lr_sensitivity"]} == {"pre", "post"}
+
+    res = runner.invoke(app, ["compare", str(out), "--format", "markdown"])
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("| placement | lr | n | diverged | final val")
+    assert lines[2].startswith("| **")  # best row in bold
+    assert sum(line.count("diverged") for line in lines if line.startswith("| ")) >= 2 * 6
+
+    res = runner.invoke(app, ["compare", str(out), "--metric", "max_grad_norm"])
+    assert res.exit_code == 0 and "Ranked by max_grad_norm" in res.stdout.replace("\n", " ")
+    assert "2/2" in res.stdout and "diverged" in res.stdout
+
+
+def test_filter_selects_runs_and_numbers_compare_as_numbers(sweep):
+    out, df = sweep
+    c = compare([out], filters=["train.lr=3e-3", "model.placement=pre,post"])
+    assert c.by == ["model.placement"] and len(c.runs) == 4 and not c.runs["diverged"].any()
+    res = runner.invoke(app, ["compare", str(out), "--filter", "model.placement=sandwich"])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        "normbench: error: --filter: model.placement=sandwich matches none of the 8 runs "
+        "(model.placement has: post, pre)"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--metric", "final_loss"], "--metric: unknown metric 'final_loss'"),
+    (["--by", "model.nrom"], "--by: unknown key 'model.nrom' (did you mean model.norm?)"),
+    (["--filter", "model.norm"], "--filter: expected KEY=VALUE"),
+    (["--filter", "model.nrm=x"], "--filter: unknown key 'model.nrm' (did you mean model.norm?)"),
+    (["--format", "xml"], "--format: expected one of table, csv, markdown, json"),
+    (["--plot", "curves.txt"], "--plot: expected a .png, .pdf or .svg file name"),
+])
+def test_bad_compare_input_is_one_line_exit_2(sweep, args, message):
+    out, _ = sweep
+    res = runner.invoke(app, ["compare", str(out), *args])
+    assert res.exit_code == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"normbench: error: {message}")
+
+
+def test_missing_or_empty_folders_are_one_line_exit_2(tmp_path):
+    res = runner.invoke(app, ["compare", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and res.stderr.strip() == f"normbench: error: {tmp_path / 'nope'}: no such results folder"
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["compare", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "holds no run folders" in res.stderr
+    res = runner.invoke(app, ["report", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "holds no run folders" in res.stderr
+
+
+def test_report_writes_markdown_and_figures(sweep):
+    out, df = sweep
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    text = (out / "report.md").read_text()
+    for fig in ("curves.png", "grad_norm_init.png", "lr_sensitivity.png"):
+        png = (out / "figures" / fig).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+        assert f"](figures/{fig})" in text
+    for heading in ("## Comparison", "## Learning-rate sensitivity", "## Training curves",
+                    "## Gradient norm per layer at initialisation", "## Diverged runs"):
+        assert heading in text
+    diverged = df[df["diverged"].astype(bool)]
+    assert len(diverged) == 4
+    for _, r in diverged.iterrows():  # every diverged run listed with its step
+        (line,) = [x for x in text.splitlines() if x.startswith(f"| {r['run_id']} |")]
+        assert f"| {int(r['diverged_step'])} |" in line
+    # without an lr sweep the lr figure disappears rather than going stale
+    res = runner.invoke(app, ["report", str(out), "--filter", "train.lr=0.003"])
+    assert res.exit_code == 0
+    assert not (out / "figures" / "lr_sensitivity.png").exists()
+    assert "## Diverged runs\n\nNone." in (out / "report.md").read_text()
+
+
+def test_compare_plot_draws_curves(sweep, tmp_path):
+    out, _ = sweep
+    res = runner.invoke(app, ["compare", str(out), "--plot", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_crashed_and_unfinished_runs_are_noted_and_the_rest_compared(tmp_path, monkeypatch):
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
+    (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    recipe = {"name": "mixed", "base": tiny(data={"task": "text", "path": "good.txt", "max_chars": 10000}),
+              "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}, "seeds": 2}}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "results"
+    df = normbench.run_recipe(p, out=out, jobs=2, threads=1)
+    assert sorted(df["status"]) == ["completed", "completed", "crashed", "crashed"]
+    # an interrupted run leaves a folder with its config.yaml and nothing else
+    store.prepare(out / "mixed" / "0000000000", {"name": "mixed", "base": recipe["base"]})
+    monkeypatch.chdir(tmp_path)  # default RESULTS: ./results
+    res = runner.invoke(app, ["compare"])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stdout.splitlines() if line.startswith("note:")]
+    assert sum("crashed" in n for n in notes) == 2
+    assert any("1 run not finished" in n and "0000000000" in n for n in notes)
+    c = compare([out])
+    assert len(c.runs) == 2 and len(c.crashed) == 2 and len(c.table) == 1 and c.table["n"][0] == 2
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0 and "## Crashed runs" in (out / "report.md").read_text()
+
+
+def test_the_same_run_in_two_folders_counts_once(sweep, tmp_path):
+    import shutil
+
+    out, _ = sweep
+    shutil.copytree(out / "lrs", tmp_path / "copy" / "lrs")
+    c = compare([out, tmp_path / "copy"])
+    assert len(c.runs) == 8 and any("8 runs skipped" in n for n in c.notes)
