@@ -106,6 +106,8 @@ class TrainConfig:
     z_loss: float = opt(0.0, "z-loss coefficient on log^2(Z) of the output logits (Wortsman et al.); 0 is off",
                         min=0.0)
     precision: Literal["fp32", "bf16"] = opt("fp32", "fp32, or bf16 autocast")
+    compile: bool = opt(False, "torch.compile the model (how a run executes, like device: not part of the "
+                               "run id); see the README's performance section for when it pays")
     eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)
     eval_batches: int = opt(8, "validation batches per evaluation (a fixed set, the same for every run)", min=1)
     measure_every: int = opt(10, "largest attention logit measured every this many steps", min=1)
@@ -130,12 +132,13 @@ class RunConfig:
     def run_id(self) -> str:
         """Short hash of everything that defines the experiment.
 
-        ``device`` is left out on purpose: where a run executes (like jobs, threads
-        and the output folder) is not part of what it is, so a sweep begun on a
-        laptop resumes on a GPU box.
+        ``device`` and ``train.compile`` are left out on purpose: where and how a run
+        executes (like jobs, threads and the output folder) is not part of what it is,
+        so a sweep begun on a laptop resumes on a GPU box.
         """
         d = self.to_dict()
         d.pop("device")
+        d["train"].pop("compile")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

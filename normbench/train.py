@@ -78,18 +78,19 @@ class Stability:
         self.diverged_step: int | None = None
         self.reason: str | None = None
 
-    def update(self, step: int, loss: float, grad_norm: float) -> bool:
-        """Record one step (1-based); True when the run has diverged."""
+    def update(self, step: int, loss: float, grad_norm: float | None) -> bool:
+        """Record one step (1-based); True when the run has diverged. ``grad_norm`` None: not measured."""
         if not math.isfinite(loss):
             self.reason = "non-finite loss"
-        elif not math.isfinite(grad_norm):
+        elif grad_norm is not None and not math.isfinite(grad_norm):
             self.reason = "non-finite gradient norm"
         elif loss > self.ceiling:
             self.reason = f"loss {loss:.3f} above ln(vocab) + margin = {self.ceiling:.3f}"
         if self.reason:
             self.diverged_step = step
             return True
-        self.grad_norms.append(grad_norm)
+        if grad_norm is not None:
+            self.grad_norms.append(grad_norm)
         spike = len(self.recent) == self.recent.maxlen and loss > self.t.spike_factor * statistics.median(self.recent)
         if spike and not self.in_spike:  # consecutive spiking steps are one spike
             self.spike_steps.append(step)
@@ -143,9 +144,11 @@ def global_grad_norm(params, clip: float) -> torch.Tensor:
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = None,
-          on_progress: Callable[[int, float, float], None] | None = None) -> dict:
+          on_progress: Callable[[int, float, float], None] | None = None, measure: bool = True) -> dict:
     """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
-    called at each host sync."""
+    called at each host sync. ``measure=False`` switches the stability measurements off (gradient
+    norms, attention logits, the per-layer profile; divergence on the loss alone): for
+    ``normbench bench`` only, to price them."""
     wall0, started_at = time.perf_counter(), time.time()
     if threads:
         torch.set_num_threads(threads)
@@ -156,8 +159,11 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     model = Transformer(m, task.vocab_size, cfg.data.seq_len).to(device)
     groups = model.param_groups(t.weight_decay)
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
+    # fused AdamW: one kernel for all parameters (4.5 -> 0.9 ms a step on the default model, CPU)
+    fused = device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused, foreach=not fused)
     autocast = autocast_for(device, t.precision)
+    fwd = torch.compile(model) if t.compile else model  # same parameters; evaluation stays eager
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen = torch.Generator().manual_seed(EVAL_SEED)
     eval_batches = [task.batch("val", t.batch_size, eval_gen) for _ in range(t.eval_batches)]
@@ -175,8 +181,10 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         nonlocal pending
         rows, pending = pending, []
         for s, lr, loss, gnorm, logit in rows:
-            loss, gnorm = float(loss), float(gnorm)
-            row = {"step": s, "loss": loss, "lr": lr, "grad_norm": gnorm}
+            loss = float(loss)
+            row = {"step": s, "loss": loss, "lr": lr}
+            if gnorm is not None:
+                gnorm = row["grad_norm"] = float(gnorm)
             if logit is not None:
                 row["attn_logit_max"] = float(logit)
                 attn_max.append(row["attn_logit_max"])
@@ -193,21 +201,21 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
             lr = lr_at(step - 1, t)
             for g in opt.param_groups:
                 g["lr"] = lr
-            measure = (step - 1) % t.measure_every == 0
-            model.measure_attention(measure)
+            probe = measure and (step - 1) % t.measure_every == 0
+            model.measure_attention(probe)
             x, y, mask = task.batch("train", t.batch_size, gen)
             with autocast():
-                logits = model(x, mask)
+                logits = fwd(x, mask)
             loss, objective = lm_loss(logits, y, t.z_loss)
             opt.zero_grad(set_to_none=True)
             objective.backward()
-            if step == 1:  # Xiong et al. 2020: per-layer FFN gradient norm at initialisation
+            if step == 1 and measure:  # Xiong et al. 2020: per-layer FFN gradient norm at initialisation
                 init_profile = [torch.linalg.vector_norm(torch.stack([w.grad.norm() for w in ws])).item()
                                 for ws in model.ffn_weights()]
-            gnorm = global_grad_norm(params, t.grad_clip)
+            gnorm = global_grad_norm(params, t.grad_clip) if measure or t.grad_clip > 0 else None
             opt.step()
-            pending.append((step, lr, loss.detach(), gnorm.detach(),
-                            model.attention_logit_max() if measure else None))
+            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(),
+                            model.attention_logit_max() if probe else None))
             tokens += tokens_per_step
             is_eval = step % t.eval_every == 0 or step == t.steps
             if len(pending) >= sync_every or is_eval:
