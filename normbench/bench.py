@@ -15,7 +15,9 @@ is paid in full, and a median over rounds, so that one disturbed round does not 
 MFU is model FLOPs per second over the peak measured here, now: a large matmul in the
 run's precision, with the same threads. Model FLOPs per token follow PaLM (Chowdhery et al.
 2022, appendix B): 6 x (matmul parameters) + 12 x layers x seq_len x d_model, attention
-counted in full although it is causal, norms and activations not counted.
+counted in full although it is causal, norms and activations not counted. For bf16 the
+peak is the larger of the bf16 and fp32 matmul peaks (a CPU without bf16 units runs bf16
+slower than fp32).
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def reference_run(cfg: RunConfig, steps: int, device: torch.device, on_step) -> 
     model = RefGPT(task.vocab_size, cfg.data.seq_len, m.d_model, m.layers, m.heads, m.d_ff).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
     autocast = autocast_for(device, t.precision)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = task.generator(cfg.seed)
     for step in range(1, steps + 1):
         x, y, _ = task.batch("train", t.batch_size, gen)
         with autocast():
@@ -205,7 +207,8 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
                 first = [t for s, t in clock.marks if s == warmup]
                 first_steps_s[name].append((first[0] if first else time.perf_counter()) - t0)
 
-    peak_used = peak.get(cfg.train.precision) or peak["fp32"]
+    # bf16 may use the fp32 units too: where bf16 is not accelerated (most CPUs) fp32 is its peak
+    peak_used = max(peak["fp32"], peak.get("bf16") or 0.0) if cfg.train.precision == "bf16" else peak["fp32"]
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
 
     def figures(name: str) -> dict:

@@ -270,7 +270,12 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
 
     try:
         c = _compare([results], by, metric, filter_)
-        path = _write_report(write_report, c, results)
+        import shlex
+
+        command = shlex.join(["normbench", "report", str(results)]
+                             + (["--by", by] if by else []) + (["--metric", metric] if metric != "final_val_loss" else [])
+                             + [a for f in filter_ or [] for a in ("--filter", f)])
+        path = _write_report(write_report, c, results, command)
     except NormbenchError as e:
         fail(e)
     figs = sorted(p.name for p in (results / "figures").glob("*.png"))
@@ -278,9 +283,9 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
                       markup=False)
 
 
-def _write_report(write_report, c, results: Path):
+def _write_report(write_report, c, results: Path, command: str):
     try:
-        return write_report(c, results)
+        return write_report(c, results, command)
     except OSError as e:
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
@@ -331,6 +336,9 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
     peak = f"{res['peak_gflops_fp32']:.1f} GFLOP/s fp32"
     if res["peak_gflops_bf16"] is not None:
         peak += f", {res['peak_gflops_bf16']:.1f} bf16"
+    if res["peak_gflops_bf16"] is not None and res["peak_gflops_bf16"] < res["peak_gflops_fp32"]:
+        out_console.print(f"note: bf16 is not accelerated on this device ({res['peak_gflops_bf16']:.1f} GFLOP/s "
+                          f"against {res['peak_gflops_fp32']:.1f} fp32): use fp32 here", markup=False, style="yellow")
     out_console.print(f"model FLOPs/token {res['flops_per_token'] / 1e6:.2f} M (PaLM: 6N + 12·L·T·d); "
                       f"matmul peak {peak}", markup=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)

@@ -88,10 +88,15 @@ class CharLM:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    def generator(self, seed: int) -> torch.Generator:
+        """Training batches are drawn on the corpus's device: on a GPU no copy, no host sync, per step.
+        (A CPU generator gives CPU batches; the same seed draws other windows on a GPU.)"""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
     def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
         data, T = self.splits[split], self.cfg.seq_len
-        starts = torch.randint(0, len(data) - T - 1, (batch_size, 1), generator=gen)
-        tok = data[(starts + torch.arange(T + 1)).to(self.device)]  # (B, T+1)
+        starts = torch.randint(0, len(data) - T - 1, (batch_size, 1), generator=gen, device=gen.device)
+        tok = data[(starts + torch.arange(T + 1, device=gen.device)).to(self.device)]  # (B, T+1)
         if not self.cfg.variable_length:
             return Batch(tok[:, :-1], tok[:, 1:], None)
         lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen).to(self.device)
@@ -132,8 +137,18 @@ class Symbolic:
         t = p[:, :-1]  # target t is token t+1: the answer tokens are targets L .. 2L-1
         y = tok[:, 1:].masked_fill((t < L) | (t >= 2 * L), IGNORE)
         real = (t <= 2 * L).expand(batch_size, -1)  # the last answer token is an input too
-        mask = None if bool(real.all()) else real.to(self.device)
-        return Batch(tok[:, :-1].to(self.device), y.to(self.device), mask)
+        mask = None if bool(real.all()) else _to(real, self.device)
+        return Batch(_to(tok[:, :-1], self.device), _to(y, self.device), mask)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)  # batches are built on the host, then copied
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without blocking the host: a copy from pageable memory would synchronise."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 TASKS = {"charlm": CharLM, "text": CharLM, "copy": Symbolic, "reverse": Symbolic}

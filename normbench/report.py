@@ -23,7 +23,8 @@ from .compare import Comparison, _plain, display_rows, fmt_value, legend, markdo
 FIGURES = "figures"
 
 
-def write_report(c: Comparison, out_dir: str | Path) -> Path:
+def write_report(c: Comparison, out_dir: str | Path, command: str | None = None) -> Path:
+    """Draw the figures, then write ``out_dir/report.md``; ``command`` is how to regenerate it."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES
     figs = {
@@ -34,13 +35,14 @@ def write_report(c: Comparison, out_dir: str | Path) -> Path:
     for name, path in figs.items():
         if path is None:
             (fig_dir / f"{name}.png").unlink(missing_ok=True)
-    text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir)
+    text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir,
+                  command or f"normbench report {out_dir}")
     path = out_dir / "report.md"
     store.write_atomic(path, text)
     return path
 
 
-def render(c: Comparison, figs: dict[str, str], out_dir: Path) -> str:
+def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> str:
     recipes = sorted({str(r) for r in c.runs["recipe"].dropna()})
     n_div = int(c.runs["diverged"].sum())
     lines = [f"# normbench report: {', '.join(recipes) or out_dir.name}", "",
@@ -48,7 +50,7 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path) -> str:
              f"from {', '.join(f'`{s}`' for s in c.sources)}, grouped by "
              f"{', '.join(f'`{b}`' for b in c.by) or 'nothing (one configuration)'}. "
              f"Written {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by normbench {__version__}; "
-             f"rerun with `normbench report {out_dir}`.", ""]
+             f"regenerate with `{command}`.", ""]
     if c.notes:
         lines += ["**Notes**", ""] + [f"- {n}" for n in c.notes] + [""]
     lines += ["## Comparison", "", markdown_table(*display_rows(c), bold_row=c.best), legend(c), ""]

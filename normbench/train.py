@@ -164,8 +164,8 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused, foreach=not fused)
     autocast = autocast_for(device, t.precision)
     fwd = torch.compile(model) if t.compile else model  # same parameters; evaluation stays eager
-    gen = torch.Generator().manual_seed(cfg.seed)
-    eval_gen = torch.Generator().manual_seed(EVAL_SEED)
+    gen = task.generator(cfg.seed)
+    eval_gen = torch.Generator().manual_seed(EVAL_SEED)  # on the host: the same windows on every device
     eval_batches = [task.batch("val", t.batch_size, eval_gen) for _ in range(t.eval_batches)]
     sync_every = SYNC_EVERY.get(device.type, 1)
     stab = Stability(t, task.vocab_size)

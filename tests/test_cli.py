@@ -112,3 +112,16 @@ def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
     res = runner.invoke(app, ["run", str(recipe(tmp_path)), "--out", str(tmp_path / "afile")])
     assert res.exit_code == 2 and "cannot create the results folder" in res.stderr
     assert "Traceback" not in res.output + res.stderr
+
+
+def test_help_list_and_keys_never_import_torch():
+    """They must answer at once (README: under 0.5 s); importing torch alone takes over a second."""
+    import subprocess
+    import sys
+
+    for args in (["--help"], ["list"], ["keys"], ["compare", "--help"], ["bench", "--help"], ["report", "--help"]):
+        code = ("import sys\nfrom normbench.cli import app\n"
+                f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+                "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, (args, proc.stderr[-500:])

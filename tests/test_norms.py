@@ -175,3 +175,16 @@ def test_max_attention_logit_matches_explicit_scores():
     scores = (q @ k.transpose(-2, -1)) / 2.0
     causal = torch.ones(6, 6, dtype=torch.bool).tril()
     assert max_attention_logit(q, k, None).item() == pytest.approx(scores.abs()[..., causal].max().item())
+
+
+def test_max_attention_logit_takes_negative_logits_and_ignores_masked_pairs():
+    from normbench.model import max_attention_logit
+
+    q = torch.zeros(1, 1, 4, 2)
+    k = torch.zeros(1, 1, 4, 2)
+    q[0, 0, 2, 0], k[0, 0, 1, 0] = 3.0, -2.0  # allowed pair (2, 1): logit -6 / sqrt(2)
+    q[0, 0, 0, 0], k[0, 0, 3, 0] = 10.0, 10.0  # future pair (0, 3): 100 / sqrt(2), masked by causality
+    assert max_attention_logit(q, k, None).item() == pytest.approx(6 / math.sqrt(2))
+    # a padding mask (B, 1, T, T) that also hides key 1 leaves only zeros
+    allowed = torch.ones(4, 4, dtype=torch.bool).tril()[None, None] & torch.tensor([True, False, True, True])
+    assert max_attention_logit(q, k, allowed).item() == 0.0

@@ -1,0 +1,107 @@
+"""normbench bench: its formulas against a hand computation, its JSON contract, and the
+measurements-off path (which must not change training). Speed itself is measured by the
+benchmark, never asserted here."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from normbench.bench import RefGPT, flops_per_token, matmul_peak
+from normbench.cli import app
+from normbench.config import from_dict
+from normbench.model import Transformer
+from normbench.train import train
+from conftest import tiny
+
+runner = CliRunner()
+SHAPE = ["--set", "model.layers=2", "--set", "model.d_model=32", "--set", "model.heads=2", "--set", "model.d_ff=64",
+         "--set", "data.seq_len=16", "--set", "train.batch_size=4", "--set", "data.max_chars=20000",
+         "--set", "device=cpu"]
+
+
+def test_flops_per_token_is_palms_formula_by_hand():
+    cfg = from_dict(tiny())  # 2 layers, d 32, d_ff 64, seq 16
+    V = 100
+    matmul_params = 2 * (32 * 96 + 32 * 32 + 32 * 64 + 64 * 32) + 32 * V  # qkv, proj, fc1, fc2; LM head
+    assert flops_per_token(cfg, V) == 6 * matmul_params + 12 * 2 * 16 * 32
+
+
+def test_reference_has_the_same_shapes_as_normbench_pre_ln():
+    cfg = from_dict(tiny())
+    ours = Transformer(cfg.model, 50, cfg.data.seq_len)
+    ref = RefGPT(50, cfg.data.seq_len, cfg.model.d_model, cfg.model.layers, cfg.model.heads, cfg.model.d_ff)
+    shapes = lambda m: sorted(tuple(p.shape) for p in m.parameters())  # noqa: E731
+    assert shapes(ours) == shapes(ref)
+    x = torch.randint(0, 50, (2, 16))
+    assert ref(x).shape == ours(x).shape == (2, 16, 50)
+
+
+def test_matmul_peak_is_a_positive_rate():
+    assert 0.1 < matmul_peak(torch.device("cpu"), torch.float32, seconds=0.05) < 1e6
+
+
+def test_bench_json_is_consistent(tmp_path):
+    res = runner.invoke(app, ["bench", "--json", "--steps", "3", "--warmup", "1", "--rounds", "2", "--threads", "1",
+                              *SHAPE])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    for key in ("tokens_per_s", "step_ms", "flops_per_token", "gflops", "mfu", "peak_gflops", "reference",
+                "measurements_off", "measurement_overhead", "speedup_vs_reference", "threads", "device"):
+        assert key in r, key
+    tokens_per_step = 4 * 16
+    cfg = from_dict(tiny())
+    assert r["flops_per_token"] == flops_per_token(cfg, r["shape"]["vocab_size"])
+    for fig in (r, r["reference"], r["measurements_off"]):
+        assert fig["tokens_per_s"] * fig["step_ms"] / 1e3 == pytest.approx(tokens_per_step)
+        assert fig["gflops"] == pytest.approx(r["flops_per_token"] * fig["tokens_per_s"] / 1e9)
+        assert fig["mfu"] == pytest.approx(fig["gflops"] / r["peak_gflops"])
+        assert len(fig["round_step_ms"]) == 2
+    assert r["peak_gflops"] == r["peak_gflops_fp32"] and r["threads"] == 1
+    assert r["measurement_overhead"] == pytest.approx(r["step_ms"] / r["measurements_off"]["step_ms"] - 1)
+    assert r["speedup_vs_reference"] == pytest.approx(r["tokens_per_s"] / r["reference"]["tokens_per_s"])
+
+
+def test_bench_table_and_bad_input():
+    res = runner.invoke(app, ["bench", "--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1",
+                              "--no-reference", "--no-overhead", *SHAPE])
+    assert res.exit_code == 0, res.output
+    assert "normbench (measurements on)" in res.stdout and "reference" not in res.stdout
+    res = runner.invoke(app, ["bench", "--set", "model.layer=2"])
+    assert res.exit_code == 2 and res.stderr.strip() == \
+        "normbench: error: model.layer: unknown key (did you mean model.layers?)"
+
+
+def test_measurements_do_not_change_training(tmp_path):
+    """The probes read activations and gradients but must not perturb them: same losses, bit for bit."""
+    cfg = from_dict(tiny(train={"steps": 10, "measure_every": 2}))
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    on = train(cfg, tmp_path / "on", threads=1)
+    off = train(cfg, tmp_path / "off", threads=1, measure=False)
+    rows = {k: [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
+            for k in ("on", "off")}
+    assert [r.get("loss") for r in rows["on"]] == [r.get("loss") for r in rows["off"]]
+    assert on["final_val_loss"] == off["final_val_loss"]
+    assert all("grad_norm" in r for r in rows["on"] if "loss" in r)
+    assert not any("grad_norm" in r or "attn_logit_max" in r for r in rows["off"])
+    assert off["grad_norm_init_by_layer"] == [] and off["max_attn_logit"] is None and on["max_attn_logit"] > 0
+
+
+def test_compile_is_how_not_what_so_not_in_the_run_id():
+    a = from_dict(tiny())
+    b = from_dict(tiny(train={"compile": True}))
+    assert a.run_id() == b.run_id() and b.train.compile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_training_and_bench(tmp_path):
+    cfg = from_dict(tiny(device="cuda", train={"precision": "bf16", "steps": 40}))
+    summary = train(cfg, tmp_path)
+    assert summary["device"].startswith("cuda") and summary["steps_done"] == 40
+    assert summary["peak_mem_kind"] == "cuda_max_allocated"
+    res = runner.invoke(app, ["bench", "--json", "--steps", "40", "--warmup", "16", "--rounds", "1",
+                              *SHAPE[:-2], "--set", "device=cuda", "--set", "train.precision=bf16"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["peak_gflops_bf16"] > 0 and r["precision"] == "bf16"
