@@ -37,7 +37,7 @@ from . import __version__
 from .config import RunConfig
 from .data import make_task
 from .errors import NormbenchError
-from .train import autocast_for, lm_loss, resolve_device, train
+from .train import autocast_for, lm_loss, resolve_device, resolve_precision, train
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +178,8 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
 
     say("measuring the matmul peak")
     peak = {"fp32": matmul_peak(device, torch.float32)}
-    if cfg.train.precision == "bf16" or device.type == "cuda":
+    precision = resolve_precision(device, cfg.train.precision)
+    if precision == "bf16" or device.type == "cuda":
         peak["bf16"] = matmul_peak(device, torch.bfloat16) if bf16_supported(device) else None
     variants = {"normbench": True}
     if off:
@@ -208,7 +209,7 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
                 first_steps_s[name].append((first[0] if first else time.perf_counter()) - t0)
 
     # bf16 may use the fp32 units too: where bf16 is not accelerated (most CPUs) fp32 is its peak
-    peak_used = max(peak["fp32"], peak.get("bf16") or 0.0) if cfg.train.precision == "bf16" else peak["fp32"]
+    peak_used = max(peak["fp32"], peak.get("bf16") or 0.0) if precision == "bf16" else peak["fp32"]
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
 
     def figures(name: str) -> dict:
@@ -225,7 +226,7 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         "peak_gflops": peak_used,
         "peak_gflops_fp32": peak["fp32"],
         "peak_gflops_bf16": peak.get("bf16"),
-        "precision": cfg.train.precision,
+        "precision": precision,
         "compile": cfg.train.compile,
         "device": _device_name(device),
         "threads": torch.get_num_threads(),

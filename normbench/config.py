@@ -105,7 +105,8 @@ class TrainConfig:
     grad_clip: float = opt(0.0, "clip the global gradient norm to this; 0 means off", min=0.0)
     z_loss: float = opt(0.0, "z-loss coefficient on log^2(Z) of the output logits (Wortsman et al.); 0 is off",
                         min=0.0)
-    precision: Literal["fp32", "bf16"] = opt("fp32", "fp32, or bf16 autocast")
+    precision: Literal["fp32", "bf16", "auto"] = opt("fp32", "fp32; bf16 autocast; or auto: bf16 on a CUDA GPU "
+                                                             "that supports it, fp32 elsewhere")
     compile: bool = opt(False, "torch.compile the model (how a run executes, like device: not part of the "
                                "run id); see the README's performance section for when it pays")
     eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)

@@ -96,9 +96,10 @@ def test_compile_is_how_not_what_so_not_in_the_run_id():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_training_and_bench(tmp_path):
-    cfg = from_dict(tiny(device="cuda", train={"precision": "bf16", "steps": 40}))
+    cfg = from_dict(tiny(device="cuda", train={"precision": "auto", "steps": 40}))
     summary = train(cfg, tmp_path)
     assert summary["device"].startswith("cuda") and summary["steps_done"] == 40
+    assert summary["precision_used"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert summary["peak_mem_kind"] == "cuda_max_allocated"
     res = runner.invoke(app, ["bench", "--json", "--steps", "40", "--warmup", "16", "--rounds", "1",
                               *SHAPE[:-2], "--set", "device=cuda", "--set", "train.precision=bf16"])

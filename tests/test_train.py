@@ -42,9 +42,14 @@ def test_absurd_learning_rate_diverges_with_a_readable_summary(tmp_path, tiny_ba
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == s["diverged_step"]
 
 
-def test_bf16_autocast_trains(tiny_base):
+def test_bf16_autocast_trains_and_auto_is_fp32_on_cpu(tiny_base):
     s = train(from_dict(tiny_base(train={"precision": "bf16"})), threads=1)
-    assert not s["diverged"] and math.isfinite(s["final_val_loss"])
+    assert not s["diverged"] and math.isfinite(s["final_val_loss"]) and s["precision_used"] == "bf16"
+    fp32 = train(from_dict(tiny_base()), threads=1)
+    auto = train(from_dict(tiny_base(train={"precision": "auto"})), threads=1)
+    assert fp32["precision_used"] == auto["precision_used"] == "fp32"
+    assert auto["final_train_loss"] == fp32["final_train_loss"]  # bit-identical: no autocast on CPU
+    assert s["final_train_loss"] != fp32["final_train_loss"]  # bf16 really ran in bfloat16
 
 
 def test_lr_schedules():
