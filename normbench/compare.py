@@ -226,8 +226,10 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    sort_col = f"{metric}_mean"
-    return table.sort_values(sort_col, ascending=lower, na_position="last", kind="stable").reset_index(drop=True)
+    # reliable first: by the share of diverged seeds, then by the metric over the seeds that did not
+    # diverge, so a group that won with one seed and blew up with another never ranks as best
+    table = table.sort_values(f"{metric}_mean", ascending=lower, na_position="last", kind="stable")
+    return table.sort_values("diverged_rate", kind="stable").reset_index(drop=True)
 
 
 def _groups(runs: pd.DataFrame, by: list[str]):
@@ -410,7 +412,8 @@ def sensitivity_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def legend(c: Comparison) -> str:
     direction = "lower" if METRICS[c.metric][1] else "higher"
-    return (f"Ranked by {c.metric} ({direction} is better); mean ± std over the seeds that did not diverge; "
+    return (f"Ranked by the share of diverged runs, then by {c.metric} ({direction} is better); "
+            "mean ± std over the seeds that did not diverge; "
             "'diverged' counts the runs that did. Losses in nats.")
 
 

@@ -128,13 +128,14 @@ def curves(c: Comparison, path: str | Path) -> Path:
     axes[2].set(title="global gradient norm before clipping", xlabel="step", ylabel="‖g‖₂", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
+    fig.tight_layout()  # room for the log axis's tick labels between the panels
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8,
                bbox_to_anchor=(0.5, -0.02 - 0.045 * math.ceil(len(labels) / 4)), frameon=False)
     if diverged:
-        fig.suptitle("x marks where a diverged run stopped (its loss clipped to the top of the axis)", fontsize=9)
+        fig.suptitle("x marks where a diverged run stopped (its loss clipped to the top of the axis)", fontsize=9, y=1.03)
     return _save(fig, path)
 
 

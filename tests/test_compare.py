@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import normbench
 from normbench import store
 from normbench.cli import app
-from normbench.compare import compare
+from normbench.compare import aggregate, compare
 from conftest import tiny
 
 runner = CliRunner()
@@ -67,6 +67,19 @@ def test_group_means_stds_and_diverged_rate_equal_a_hand_computation(sweep):
     means = c.table["final_val_loss_mean"].tolist()
     assert means[:2] == sorted(means[:2]) and all(math.isnan(m) for m in means[2:])
     assert c.best == 0
+
+
+def test_groups_with_a_diverged_seed_rank_below_groups_without():
+    nan = math.nan
+    runs = pd.DataFrame({"model.norm": ["rmsnorm", "rmsnorm", "layernorm", "layernorm", "dyt", "dyt"],
+                         "diverged": [True, False, False, False, True, True],
+                         "final_val_loss": [nan, 2.0, 2.6, 2.4, nan, nan]})
+    table = aggregate(runs, ["model.norm"], ["final_val_loss"], "final_val_loss")
+    assert table["model.norm"].tolist() == ["layernorm", "rmsnorm", "dyt"]
+    assert table["diverged_rate"].tolist() == [0.0, 0.5, 1.0]
+    assert table["final_val_loss_mean"].tolist()[:2] == [pytest.approx(2.5), 2.0]  # 2.0: the surviving seed
+    tps = aggregate(runs.assign(tokens_per_s=[1, 5, 3, 4, 9, 9]), ["model.norm"], ["tokens_per_s"], "tokens_per_s")
+    assert tps["model.norm"].tolist() == ["layernorm", "rmsnorm", "dyt"]  # higher is better, still reliable first
 
 
 def test_pooled_groups_count_diverged_runs_but_do_not_average_them(sweep):
