@@ -167,7 +167,8 @@ def _rich_compare(c) -> Table:
     from .compare import display_rows, legend
 
     header, rows = display_rows(c)
-    table = Table(title=f"compare: {len(c.runs)} runs, grouped by {', '.join(c.by) or 'nothing'}",
+    what = f"compare {c.recipe}" if c.recipe else "compare"
+    table = Table(title=f"{what}: {len(c.runs)} runs, grouped by {', '.join(c.by) or 'nothing'}",
                   title_justify="left", caption=legend(c), caption_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     for i, h in enumerate(header):
@@ -224,9 +225,10 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
         fail(e)
     if fmt == "table":
         console = out_console if output is None else Console(file=io.StringIO(), width=160, highlight=False)
-        console.print(_rich_compare(c))
-        if c.sensitivity is not None:
-            console.print(_rich_sensitivity(c))
+        for part in c.per_recipe():  # several recipes, factors detected: one table each
+            console.print(_rich_compare(part))
+            if part.sensitivity is not None:
+                console.print(_rich_sensitivity(part))
         for note in c.notes:
             console.print(f"note: {note}", markup=False, style="yellow")
         text = console.file.getvalue() if output is not None else None
@@ -265,7 +267,10 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
                                           show_default=False),
            by: Optional[str] = ByOpt, metric: str = MetricOpt, filter_: Optional[List[str]] = FilterOpt):
     """Write RESULTS/report.md with the comparison table, curves, the per-layer gradient norm at
-    initialisation, LR sensitivity (when train.lr varies) and the diverged runs, plus its PNG figures."""
+    initialisation, LR sensitivity (when train.lr varies) and the diverged runs, plus its PNG figures.
+
+    A folder holding several recipes gets one report per recipe (in each recipe's folder) and
+    an index RESULTS/report.md linking them; --by gives one combined report instead."""
     from .report import write_report
 
     try:
@@ -278,6 +283,13 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
         path = _write_report(write_report, c, results, command)
     except NormbenchError as e:
         fail(e)
+    parts = c.per_recipe()
+    if len(parts) > 1:
+        out_console.print(f"wrote {path}, an index of {len(parts)} reports (one per recipe):", markup=False)
+        for part in parts:
+            home = Path(part.sources[0]) if len(part.sources) == 1 else results / "reports" / str(part.recipe)
+            out_console.print(f"  {home / 'report.md'}", markup=False)
+        return
     figs = sorted(p.name for p in (results / "figures").glob("*.png"))
     out_console.print(f"wrote {path} and {len(figs)} figures in {results / 'figures'}: {', '.join(figs)}",
                       markup=False)

@@ -57,6 +57,24 @@ class Comparison:
     sensitivity: pd.DataFrame | None = None  # per combination of the other factors, when train.lr is a factor
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    auto_by: bool = False  # the factors were detected, not given with --by
+    recipe: str | None = None  # set on the parts per_recipe() returns
+
+    def per_recipe(self) -> list[Comparison]:
+        """One comparison per recipe, each grouped by the keys that vary within it, when the
+        factors were detected and the runs span several recipes (losses of different tasks or
+        set-ups do not rank against each other); else ``[self]``. Notes stay with ``self``."""
+        if not self.auto_by or "recipe" not in self.by:
+            return [self]
+        out = []
+        for name, runs in self.runs.groupby(self.runs["recipe"].map(_plain), sort=True):
+            runs = runs.drop(columns=["group"])
+            crashed = self.crashed[self.crashed["recipe"].map(_plain) == name] if len(self.crashed) else self.crashed
+            sources = sorted({str(Path(p).parent) for p in runs["path"]})
+            c = _build(runs, crashed, varied_factors(runs), self.metric, self.metrics, [], sources)
+            c.recipe = name
+            out.append(c)
+        return out
 
     @property
     def best(self) -> int | None:
@@ -195,13 +213,16 @@ def apply_filters(runs: pd.DataFrame, filters: list[tuple[str, list[str]]]) -> p
 
 
 def varied_factors(runs: pd.DataFrame) -> list[str]:
-    """The config keys (in schema order) that take more than one value among ``runs``; plus
-    ``recipe`` first when the runs come from several recipes."""
-    factors = ["recipe"] if "recipe" in runs and runs["recipe"].nunique(dropna=False) > 1 else []
+    """The config keys (in schema order) that take more than one value among ``runs``. When the
+    runs come from several recipes: ``recipe`` first, then the keys that vary within a recipe;
+    a key that differs only between recipes is implied by the recipe column and splits nothing."""
+    several = "recipe" in runs and runs["recipe"].nunique(dropna=False) > 1
+    parts = [g for _, g in runs.groupby(runs["recipe"].map(_plain))] if several else [runs]
+    factors = ["recipe"] if several else []
     for key in config_keys():
         if key in NOT_FACTORS or key not in runs:
             continue
-        if runs[key].map(_plain).nunique() > 1:
+        if any(part[key].map(_plain).nunique() > 1 for part in parts):
             factors.append(key)
     return factors
 
@@ -301,6 +322,7 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
                              file=", ".join(map(str, paths)))
     done["diverged"] = done["diverged"].astype(bool)
     auto = varied_factors(done)
+    auto_by = by is None
     if by is None:
         by = auto
     else:
@@ -312,10 +334,18 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
         pooled = [k for k in auto if k not in by]
         if pooled:
             notes.append(f"pooled over {', '.join(pooled)} (they vary but are not in --by)")
+    metrics = list(dict.fromkeys((metrics or DEFAULT_METRICS) + [metric]))
+    c = _build(done, crashed, by, metric, metrics, notes, sources)
+    c.auto_by = auto_by
+    return c
+
+
+def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str, metrics: list[str],
+           notes: list[str], sources: list[str]) -> Comparison:
+    done = done.copy()
     for b in by:
         if b not in done:
             done[b] = None
-    metrics = list(dict.fromkeys((metrics or DEFAULT_METRICS) + [metric]))
     table = aggregate(done, by, metrics, metric)
     sens = lr_sensitivity(done, by, metric)
     if sens is not None:
@@ -418,12 +448,19 @@ def legend(c: Comparison) -> str:
 
 
 def to_markdown(c: Comparison) -> str:
-    """The comparison, the LR sensitivity (when lr varies) and the notes, as GitHub markdown."""
-    parts = [markdown_table(*display_rows(c), bold_row=c.best), legend(c)]
-    if c.sensitivity is not None:
-        parts += [f"Learning-rate sensitivity of {_sens_metric(c)} (Wortsman et al. 2023: mean over the learning "
-                  "rates of min(loss, ln V) minus the best; lower is more forgiving):",
-                  markdown_table(*sensitivity_rows(c))]
+    """The comparison, the LR sensitivity (when lr varies) and the notes, as GitHub markdown;
+    one section per recipe when ``c.per_recipe()`` splits it."""
+    split = c.per_recipe()
+    parts = []
+    for part in split:
+        if len(split) > 1:
+            parts.append(f"### {part.recipe}: {_count(part.runs, 'run')}, grouped by "
+                         f"{', '.join(f'`{k}`' for k in part.by) or 'nothing'}")
+        parts += [markdown_table(*display_rows(part), bold_row=part.best), legend(part)]
+        if part.sensitivity is not None:
+            parts += [f"Learning-rate sensitivity of {_sens_metric(part)} (Wortsman et al. 2023: mean over the "
+                      "learning rates of min(loss, ln V) minus the best; lower is more forgiving):",
+                      markdown_table(*sensitivity_rows(part))]
     if c.notes:
         parts += ["Notes:", "\n".join(f"- {n}" for n in c.notes)]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"

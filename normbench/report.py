@@ -1,6 +1,7 @@
 """``normbench report``: a self-contained markdown report, with its figures, in the results folder.
 
-Layout written::
+Layout written (for one recipe; for several, each recipe folder gets this and
+RESULTS/report.md is an index linking them)::
 
     RESULTS/report.md
     RESULTS/figures/curves.png           training loss, validation loss, gradient norm per configuration
@@ -24,8 +25,55 @@ FIGURES = "figures"
 
 
 def write_report(c: Comparison, out_dir: str | Path, command: str | None = None) -> Path:
-    """Draw the figures, then write ``out_dir/report.md``; ``command`` is how to regenerate it."""
+    """Draw the figures, then write ``out_dir/report.md``; ``command`` is how to regenerate it.
+
+    When ``c`` spans several recipes with detected factors (``c.per_recipe()`` splits it), each
+    recipe gets its own report in its folder and ``out_dir/report.md`` is an index of them."""
     out_dir = Path(out_dir)
+    command = command or f"normbench report {out_dir}"
+    parts = c.per_recipe()
+    if len(parts) == 1:
+        return _write_one(c, out_dir, command)
+    written = []
+    for part in parts:
+        if len(part.sources) == 1:  # the usual layout: RESULTS/<recipe>/<run id>/
+            dest, again = Path(part.sources[0]), f"normbench report {part.sources[0]}"
+        else:  # one recipe read from several folders: no single home, so a folder of its own
+            dest, again = out_dir / "reports" / str(part.recipe), command
+        written.append((part, _write_one(part, dest, again)))
+    for name in FIGURE_NAMES:  # the index has no figures: drop those of an earlier single report
+        (out_dir / FIGURES / name).unlink(missing_ok=True)
+    path = out_dir / "report.md"
+    store.write_atomic(path, render_index(c, written, out_dir, command))
+    return path
+
+
+FIGURE_NAMES = ("curves.png", "grad_norm_init.png", "lr_sensitivity.png")
+
+
+def render_index(c: Comparison, written: list, out_dir: Path, command: str) -> str:
+    """RESULTS/report.md when it holds several recipes: one row per recipe, linking its report."""
+    rows = []
+    for part, path in written:
+        best = part.best
+        rows.append([f"[{part.recipe}]({Path(path).relative_to(out_dir).as_posix()})"
+                     if Path(path).is_relative_to(out_dir) else f"{part.recipe} (`{path}`)",
+                     str(len(part.runs)), str(int(part.runs["diverged"].sum())),
+                     ", ".join(f"`{k}`" for k in part.by) or "nothing",
+                     part.label(part.table.iloc[best]) if best is not None else "every group diverged",
+                     fmt_value(part.table[f"{c.metric}_mean"].iloc[best]) if best is not None else "-"])
+    lines = [f"# normbench report: {out_dir.name}", "",
+             f"{len(c.runs)} finished runs of {len(written)} recipes under `{out_dir}`, one report per recipe "
+             "(each ranks its own configurations: losses of different tasks and set-ups do not compare). "
+             f"Written {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by normbench {__version__}; "
+             f"regenerate with `{command}`.", ""]
+    if c.notes:
+        lines += ["**Notes**", ""] + [f"- {n}" for n in c.notes] + [""]
+    lines += [markdown_table(["recipe", "runs", "diverged", "grouped by", f"best by {c.metric}", "its value"], rows)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _write_one(c: Comparison, out_dir: Path, command: str) -> Path:
     fig_dir = out_dir / FIGURES
     figs = {
         "curves": plots.curves(c, fig_dir / "curves.png"),
@@ -35,8 +83,7 @@ def write_report(c: Comparison, out_dir: str | Path, command: str | None = None)
     for name, path in figs.items():
         if path is None:
             (fig_dir / f"{name}.png").unlink(missing_ok=True)
-    text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir,
-                  command or f"normbench report {out_dir}")
+    text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir, command)
     path = out_dir / "report.md"
     store.write_atomic(path, text)
     return path

@@ -247,3 +247,56 @@ def test_the_same_run_in_two_folders_counts_once(sweep, tmp_path):
     shutil.copytree(out / "lrs", tmp_path / "copy" / "lrs")
     c = compare([out, tmp_path / "copy"])
     assert len(c.runs) == 8 and any("8 runs skipped" in n for n in c.notes)
+
+
+def test_several_recipes_compare_one_table_each_ranked_within(sweep, tmp_path):
+    """Two recipes in one results folder: keys that differ only between the recipes are not
+    factors, and the table and markdown formats rank each recipe on its own."""
+    out, df = sweep
+    other = {"name": "widths", "base": tiny(model={"d_model": 48}, train={"steps": 12, "lr": 0.003}),
+             "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}}}
+    both = tmp_path / "results"
+    normbench.run_recipe(other, out=both, jobs=2, threads=1)
+    import shutil
+    shutil.copytree(out / "lrs", both / "lrs")
+
+    c = compare([both])
+    # d_model differs between the recipes only, norm within one, placement and lr within the other
+    assert c.by == ["recipe", "model.norm", "model.placement", "train.lr"]
+    parts = c.per_recipe()
+    assert [p.recipe for p in parts] == ["lrs", "widths"]
+    lrs, widths = parts
+    assert lrs.by == ["model.placement", "train.lr"] and widths.by == ["model.norm"]
+    assert len(lrs.runs) == 8 and len(widths.runs) == 2 and widths.table["n"].tolist() == [1, 1]
+    # the same numbers as comparing the recipe's folder alone
+    alone = compare([out])
+    pd.testing.assert_frame_equal(lrs.table, alone.table)
+    # a --by that names the factors gives one table, not one per recipe
+    assert len(compare([both], by="recipe,model.norm").per_recipe()) == 1
+
+    res = runner.invoke(app, ["compare", str(both)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "compare lrs: 8 runs, grouped by model.placement, train.lr" in text
+    assert "compare widths: 2 runs, grouped by model.norm" in text
+    md = runner.invoke(app, ["compare", str(both), "--format", "markdown"]).stdout
+    assert md.count("Ranked by") == 2 and "### widths: 2 runs, grouped by `model.norm`" in md
+    # csv stays one flat table with the recipe column, for scripts
+    flat = pd.read_csv(io.StringIO(runner.invoke(app, ["compare", str(both), "--format", "csv"]).stdout))
+    assert sorted(set(flat["recipe"])) == ["lrs", "widths"] and flat["n"].sum() == 10
+
+    # report: one report per recipe in its own folder, and an index linking them
+    res = runner.invoke(app, ["report", str(both), "--by", "recipe,model.norm"])  # one combined report first
+    assert res.exit_code == 0 and (both / "figures" / "curves.png").stat().st_size > 0
+    res = runner.invoke(app, ["report", str(both)])
+    assert res.exit_code == 0, res.output
+    index = (both / "report.md").read_text()
+    assert "[lrs](lrs/report.md)" in index and "[widths](widths/report.md)" in index
+    assert "| [widths](widths/report.md) | 2 | 0 | `model.norm` |" in index
+    assert "| [lrs](lrs/report.md) | 8 | 4 | `model.placement`, `train.lr` |" in index
+    assert not (both / "figures" / "curves.png").exists()  # the index has no figures of its own
+    for name in ("lrs", "widths"):
+        text = (both / name / "report.md").read_text()
+        assert text.startswith(f"# normbench report: {name}\n")
+        assert f"regenerate with `normbench report {both / name}`" in text
+        assert (both / name / "figures" / "curves.png").stat().st_size > 0
