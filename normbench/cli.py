@@ -201,7 +201,8 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead "
                                                   "of the terminal."),
             plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the training curves "
-                                                "(loss, validation loss, gradient norm) to this PNG.")):
+                                                "(loss, validation loss, gradient norm) to this PNG; with "
+                                                "several recipes, one file each: FILE_<recipe>.png.")):
     """Compare finished runs: group by the factors that vary, mean ± std over seeds, rank.
 
     Diverged runs are counted (diverged column), never averaged in. Crashed or unfinished runs
@@ -244,8 +245,11 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
     if plot is not None:
         from . import plots
 
-        _write_output(plot, None, lambda: plots.curves(c, plot))
-        err_console.print(f"wrote {plot}", markup=False)
+        parts = c.per_recipe()  # several recipes: one figure each, FILE's name plus _<recipe>
+        for part in parts:
+            dest = plot if len(parts) == 1 else plot.with_name(f"{plot.stem}_{part.recipe}{plot.suffix}")
+            _write_output(dest, None, lambda: plots.curves(part, dest))
+            err_console.print(f"wrote {dest}", markup=False)
 
 
 def _write_output(path: Path, text: str | None, draw=None) -> None:

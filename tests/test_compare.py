@@ -300,3 +300,8 @@ def test_several_recipes_compare_one_table_each_ranked_within(sweep, tmp_path):
         assert text.startswith(f"# normbench report: {name}\n")
         assert f"regenerate with `normbench report {both / name}`" in text
         assert (both / name / "figures" / "curves.png").stat().st_size > 0
+    # --plot: one figure per recipe, named after it
+    res = runner.invoke(app, ["compare", str(both), "--plot", str(tmp_path / "cv.png")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.glob("cv*.png")) == ["cv_lrs.png", "cv_widths.png"]
+    assert all(p.stat().st_size > 0 for p in tmp_path.glob("cv*.png"))
