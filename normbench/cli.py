@@ -402,11 +402,26 @@ def keys():
 
 
 def main() -> None:
+    """The console script. Usage errors caught before our code runs (an unknown option, a missing
+    argument, --jobs 0) get the same one-line format as ours, with click's exit code (2)."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("normbench: interrupted", markup=False)
         sys.exit(130)
+    except Exception as e:
+        # click's exceptions (vendored by newer typer, so matched by shape rather than by class)
+        if not (hasattr(e, "exit_code") and hasattr(e, "format_message")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None and not e.format_message().strip():  # `normbench` alone: the help
+            sys.stdout.write(ctx.get_help() or "")  # rich help prints itself and returns ""
+            sys.exit(e.exit_code)
+        where = ctx.command_path if ctx is not None else "normbench"
+        hint = f" (see `{where} --help`)" if ctx is not None else ""
+        err_console.print(f"{where}: error: {e.format_message().rstrip('.')}{hint}", markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,29 @@ def test_subprocess_run_and_module_entry(tmp_path):
     assert helped.returncode == 0 and "run" in helped.stdout
 
 
+@pytest.mark.parametrize("args, message", [
+    (["run", "--jobs", "0", "recipes/quickstart.yaml"],
+     "normbench run: error: Invalid value for '--jobs' / '-j': Input should be greater than or equal to 1 "
+     "(see `normbench run --help`)"),
+    (["compare", "--bogus"], "normbench compare: error: No such option: --bogus (see `normbench compare --help`)"),
+    (["run"], "normbench run: error: Missing argument 'recipe' (see `normbench run --help`)"),
+    (["nosuch"], "normbench: error: No such command 'nosuch' (see `normbench --help`)"),
+])
+def test_usage_errors_from_the_console_script_are_one_line_exit_2(args, message):
+    """Errors that typer/click catch before our code runs get our format too, via main()."""
+    script = os.path.join(os.path.dirname(sys.executable), "normbench")
+    res = subprocess.run([script, *args], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "300"})
+    assert res.returncode == 2 and res.stderr.splitlines() == [message], res.stderr
+    assert res.stdout == ""
+
+
+def test_the_console_script_alone_prints_its_help():
+    script = os.path.join(os.path.dirname(sys.executable), "normbench")
+    res = subprocess.run([script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "Usage: normbench" in res.stdout and "compare" in res.stdout
+
+
 def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
     (tmp_path / "afile").write_text("")
     res = runner.invoke(app, ["run", str(recipe(tmp_path)), "--out", str(tmp_path / "afile")])
