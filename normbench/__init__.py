@@ -25,6 +25,6 @@ def __getattr__(name):
         from .report import write_report
         return write_report
     if name == "train":
-        from .train import train
+        from .trainer import train
         return train
     raise AttributeError(f"module 'normbench' has no attribute {name!r}")

@@ -6,7 +6,7 @@ with another) so that a noisy machine hurts them alike. Each is summarised by th
 over rounds of the round's mean step time: a mean, so that a probe taken one step in ten
 is paid in full, and a median over rounds, so that one disturbed round does not decide:
 
-- ``normbench``: ``train.train`` itself, every measurement on (what ``normbench run`` does);
+- ``normbench``: ``trainer.train`` itself, every measurement on (what ``normbench run`` does);
 - ``measurements_off``: the same loop without gradient norms, attention-logit probes and the
   per-layer profile (divergence is still checked on the loss);
 - ``reference``: ``RefGPT`` below, the Pre-LN GPT a user would write in 60 lines (fused QKV,
@@ -37,7 +37,7 @@ from . import __version__
 from .config import RunConfig
 from .data import make_task
 from .errors import NormbenchError
-from .train import autocast_for, lm_loss, resolve_device, resolve_precision, train
+from .trainer import autocast_for, lm_loss, resolve_device, resolve_precision, train
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ imported torch (Linux), so starting a run costs milliseconds, not seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -70,7 +72,7 @@ def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, paren
     threading.Thread(target=_watch_parent, args=(parent_conn,), daemon=True).start()
     from . import store
     from .config import from_dict
-    from .train import train
+    from .trainer import train
 
     last = [0.0]
 
@@ -88,10 +90,25 @@ def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, paren
         sys.exit(1)
 
 
+@contextlib.contextmanager
+def _main_hidden():
+    """While a child starts: a bare ``__main__``. Children run ``_child`` from this module and need
+    nothing from the caller's script, but spawn and forkserver re-import that script in every
+    child, which re-runs an unguarded ``normbench.run_recipe(...)`` at its top level and crashes
+    every run (multiprocessing's ``if __name__ == "__main__":`` rule). Hidden, no re-import."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def _context():
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["normbench.train"])
+        ctx.set_forkserver_preload(["normbench.trainer"])
         return ctx
     return mp.get_context("spawn")
 
@@ -114,7 +131,8 @@ class LocalExecutor:
                     recv, send = self.ctx.Pipe(duplex=False)
                     p = self.ctx.Process(target=_child, args=(i, run_dir, cfg_dict, self.threads, events, recv),
                                          daemon=False)
-                    p.start()
+                    with _main_hidden():
+                        p.start()
                     recv.close()
                     self.active[i] = (p, send)
                     yield Event("start", i)

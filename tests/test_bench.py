@@ -11,7 +11,7 @@ from normbench.bench import RefGPT, flops_per_token, matmul_peak
 from normbench.cli import app
 from normbench.config import from_dict
 from normbench.model import Transformer
-from normbench.train import train
+from normbench.trainer import train
 from conftest import tiny
 
 runner = CliRunner()

@@ -1,7 +1,9 @@
 import torch
 
 from normbench.config import DataConfig
-from normbench.data import IGNORE, PAD, make_task, stdlib_text
+import numpy as np
+
+from normbench.data import IGNORE, PAD, char_ids, make_task, stdlib_text
 
 CPU = torch.device("cpu")
 
@@ -14,6 +16,17 @@ def test_stdlib_corpus_is_deterministic_and_fingerprinted():
     assert text2 == text and fp2 == fp
     assert fp["source"] == "python-stdlib" and len(fp["sha256"]) == 16 and fp["files"] >= 1
     assert "def " in text  # it is Python source
+
+
+def test_char_ids_equal_numpy_unique():
+    """The counting tokenizer against np.unique(return_inverse=True), on the corpus and on text
+    with characters beyond the BMP (emoji) and a NUL."""
+    for text in (stdlib_text(200_000)[0], "h\u00e9llo \U0001f600 w\x00rld \u4e16\u754c \U0010ffff"):
+        codes = np.array([ord(ch) for ch in text])
+        want_chars, want_ids = np.unique(codes, return_inverse=True)
+        chars, ids = char_ids(text)
+        assert np.array_equal(chars, want_chars) and np.array_equal(ids, want_ids)
+        assert "".join(chr(chars[i]) for i in ids) == text
 
 
 def test_charlm_batches_are_shifted_windows_of_the_corpus():

@@ -102,6 +102,19 @@ def test_python_api_overrides_and_load_results(tmp_path):
     assert set(normbench.load_results(tmp_path)["run_id"]) == set(df["run_id"])
 
 
+def test_a_script_without_a_main_guard_can_run_a_sweep(tmp_path):
+    """Runs start in fresh processes (forkserver), which normally re-import the calling script: an
+    unguarded run_recipe() at its top level would start again in every child and crash each run."""
+    recipe = write_recipe(tmp_path, {"name": "g", "base": tiny(), "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}}})
+    script = tmp_path / "script.py"
+    script.write_text("import normbench\n"
+                      f"df = normbench.run_recipe({str(recipe)!r}, out={str(tmp_path / 'res')!r}, jobs=2, threads=1)\n"
+                      "print(sorted(df['status']))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['completed', 'completed']"
+
+
 def test_second_process_is_refused_while_the_folder_is_locked(tmp_path):
     p = write_recipe(tmp_path, {"name": "l", "base": tiny()})
     with store.Lock(tmp_path / "res" / "l"):

@@ -5,7 +5,7 @@ import pytest
 
 from normbench.config import TrainConfig, from_dict
 from normbench.store import write_summary
-from normbench.train import Stability, lr_at, train
+from normbench.trainer import Stability, lr_at, train
 
 
 def test_same_config_and_seed_reproduce_identical_metrics(tmp_path, tiny_base):
@@ -74,3 +74,21 @@ def test_spikes_and_divergence_detection():
     assert st2.update(1, 2.0, float("inf")) and st2.reason == "non-finite gradient norm"
     st3 = Stability(t, 100)
     assert st3.update(3, float("nan"), 1.0) and st3.reason == "non-finite loss"
+
+
+def test_the_api_functions_stay_functions_once_every_module_is_loaded():
+    """A submodule named like an API function would replace it on import (normbench.train was
+    the module train.py once a sweep had run); every name in __all__ must stay what it was."""
+    import importlib
+    import pkgutil
+
+    import normbench
+
+    for mod in pkgutil.iter_modules(normbench.__path__):
+        if mod.name != "__main__":
+            importlib.import_module(f"normbench.{mod.name}")
+    for name in normbench.__all__:
+        if name != "__version__":
+            assert callable(getattr(normbench, name)) and not isinstance(getattr(normbench, name), type(normbench)), name
+    from normbench.trainer import train as train_fn
+    assert normbench.train is train_fn
