@@ -33,10 +33,13 @@ METRICS = {
     "max_attn_logit": ("max logit", True),
     "tokens_per_s": ("tok/s", False),
     "wall_s": ("wall s", True),
+    "final_val_loss_batch_stats": ("final val, batch stats", True),
+    "bn_eval_gap": ("BN eval gap", True),
 }
 DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
                    "tokens_per_s"]
-LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss")
+BN_METRICS = ["bn_eval_gap"]  # default columns too, where some run has BatchNorm
+LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats")
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
 NOT_FACTORS = {"seed", "device"}
@@ -58,6 +61,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     auto_by: bool = False  # the factors were detected, not given with --by
+    metrics_chosen: bool = False  # the metrics were given, not the defaults
     recipe: str | None = None  # set on the parts per_recipe() returns
 
     def per_recipe(self) -> list[Comparison]:
@@ -71,7 +75,9 @@ class Comparison:
             runs = runs.drop(columns=["group"])
             crashed = self.crashed[self.crashed["recipe"].map(_plain) == name] if len(self.crashed) else self.crashed
             sources = sorted({str(Path(p).parent) for p in runs["path"]})
-            c = _build(runs, crashed, varied_factors(runs), self.metric, self.metrics, [], sources)
+            metrics = self.metrics if self.metrics_chosen else \
+                list(dict.fromkeys(default_metrics(runs) + [self.metric]))
+            c = _build(runs, crashed, varied_factors(runs), self.metric, metrics, [], sources)
             c.recipe = name
             out.append(c)
         return out
@@ -334,10 +340,17 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
         pooled = [k for k in auto if k not in by]
         if pooled:
             notes.append(f"pooled over {', '.join(pooled)} (they vary but are not in --by)")
-    metrics = list(dict.fromkeys((metrics or DEFAULT_METRICS) + [metric]))
+    chosen = bool(metrics)
+    metrics = list(dict.fromkeys((metrics or default_metrics(done)) + [metric]))
     c = _build(done, crashed, by, metric, metrics, notes, sources)
-    c.auto_by = auto_by
+    c.auto_by, c.metrics_chosen = auto_by, chosen
     return c
+
+
+def default_metrics(runs: pd.DataFrame) -> list[str]:
+    """The default columns, plus the BatchNorm train/eval gap where some run measured one."""
+    extra = [m for m in BN_METRICS if m in runs and pd.to_numeric(runs[m], errors="coerce").notna().any()]
+    return DEFAULT_METRICS + extra
 
 
 def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str, metrics: list[str],

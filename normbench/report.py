@@ -18,7 +18,7 @@ import datetime as dt
 from pathlib import Path
 
 from . import __version__, plots, store
-from .compare import Comparison, _plain, display_rows, fmt_value, legend, markdown_table, sensitivity_rows, \
+from .compare import Comparison, _plain, _sens_metric, display_rows, fmt_value, legend, markdown_table, sensitivity_rows, \
     short_names
 
 FIGURES = "figures"
@@ -107,7 +107,7 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
     if "lr_sensitivity" in figs:
         lines += ["## Learning-rate sensitivity", "",
                   f"Per configuration, the mean over the learning rates of min(loss, ln V) minus the best loss, on "
-                  f"the seed mean of {c.metric if c.metric.endswith('loss') else 'final_val_loss'}; a diverged "
+                  f"the seed mean of {_sens_metric(c)}; a diverged "
                   "seed counts as ln V, the loss of a uniform guess (Wortsman et al. 2023). Lower is more "
                   "forgiving.", "", markdown_table(*sensitivity_rows(c)),
                   f"![loss against learning rate]({figs['lr_sensitivity']})", ""]

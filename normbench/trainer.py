@@ -120,12 +120,43 @@ def finite_or_none(v):
 
 @torch.no_grad()
 def evaluate(model, batches, autocast) -> float:
+    """Mean loss over ``batches`` in eval mode (BatchNorm normalises with its running statistics)."""
     model.eval()
     total = 0.0
     for x, y, mask in batches:
         with autocast():
             total += lm_loss(model(x, mask), y)[0].item()
     model.train()
+    return total / len(batches)
+
+
+def batch_norms(model) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def evaluate_batch_stats(model, batches, autocast) -> float | None:
+    """The same loss with every BatchNorm normalising by the statistics of the batch in hand, as
+    in training (everything else in eval mode: no dropout); None without BatchNorm. The running
+    statistics are restored, so the measurement changes nothing. Eval-mode loss minus this is
+    the train/eval gap of BatchNorm: how far its running statistics are from the batches'."""
+    bns = batch_norms(model)
+    if not bns:
+        return None
+    saved = [{k: b.clone() for k, b in bn.named_buffers()} for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.train()
+    total = 0.0
+    try:
+        for x, y, mask in batches:
+            with autocast():
+                total += lm_loss(model(x, mask), y)[0].item()
+    finally:
+        for bn, state in zip(bns, saved):
+            for k, b in bn.named_buffers():
+                b.copy_(state[k])
+        model.train()
     return total / len(batches)
 
 
@@ -178,7 +209,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     sync_every = SYNC_EVERY.get(device.type, 1)
     stab = Stability(t, task.vocab_size)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
-    losses, val_losses, attn_max = [], [], []
+    losses, val_losses, attn_max, val_batch_stats = [], [], [], []
     init_profile: list[float] = []
     pending: list[tuple] = []
     tokens, step = 0, 0
@@ -235,7 +266,11 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
                 e0 = time.perf_counter()
                 val = evaluate(model, eval_batches, autocast)
                 val_losses.append((step, val))
-                log.write({"step": step, "val_loss": val})
+                row = {"step": step, "val_loss": val}
+                if measure and (vb := evaluate_batch_stats(model, eval_batches, autocast)) is not None:
+                    val_batch_stats.append(vb)
+                    row["val_loss_batch_stats"] = vb
+                log.write(row)
                 eval_s += time.perf_counter() - e0
         train_s = time.perf_counter() - loop0 - eval_s
     finally:
@@ -263,6 +298,9 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "clip_fraction": (sum(g > t.grad_clip for g in stab.grad_norms) / len(stab.grad_norms)
                           if t.grad_clip > 0 and stab.grad_norms else None),
         "max_attn_logit": max((a for a in attn_max if math.isfinite(a)), default=None),
+        "final_val_loss_batch_stats": None if diverged or not val_batch_stats else finite_or_none(val_batch_stats[-1]),
+        "bn_eval_gap": (None if diverged or not val_batch_stats or not val_losses
+                        else finite_or_none(val_losses[-1][1] - val_batch_stats[-1])),
         "grad_norm_init_by_layer": [finite_or_none(g) for g in init_profile],
         "val_losses": [[s, finite_or_none(v)] for s, v in val_losses],
         "tokens_per_s": tokens / train_s if train_s > 0 else None,

@@ -72,9 +72,12 @@ def test_bench_table_and_bad_input():
         "normbench: error: model.layer: unknown key (did you mean model.layers?)"
 
 
-def test_measurements_do_not_change_training(tmp_path):
-    """The probes read activations and gradients but must not perturb them: same losses, bit for bit."""
-    cfg = from_dict(tiny(train={"steps": 10, "measure_every": 2}))
+@pytest.mark.parametrize("norm", ["layernorm", "batchnorm_masked"])
+def test_measurements_do_not_change_training(tmp_path, norm):
+    """The probes read activations and gradients (and BatchNorm's batch-statistics evaluation runs
+    a forward in train mode) but must not perturb them: same losses, bit for bit."""
+    cfg = from_dict(tiny(model={"norm": norm}, data={"variable_length": True, "min_len": 4},
+                         train={"steps": 10, "measure_every": 2, "eval_every": 3}))
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()
     on = train(cfg, tmp_path / "on", threads=1)
@@ -86,6 +89,10 @@ def test_measurements_do_not_change_training(tmp_path):
     assert all("grad_norm" in r for r in rows["on"] if "loss" in r)
     assert not any("grad_norm" in r or "attn_logit_max" in r for r in rows["off"])
     assert off["grad_norm_init_by_layer"] == [] and off["max_attn_logit"] is None and on["max_attn_logit"] > 0
+    if norm == "batchnorm_masked":
+        assert on["bn_eval_gap"] is not None and off["bn_eval_gap"] is None
+        assert [r for r in rows["on"] if "val_loss_batch_stats" in r] and \
+            not [r for r in rows["off"] if "val_loss_batch_stats" in r]
 
 
 def test_compile_is_how_not_what_so_not_in_the_run_id():

@@ -254,7 +254,7 @@ def test_several_recipes_compare_one_table_each_ranked_within(sweep, tmp_path):
     factors, and the table and markdown formats rank each recipe on its own."""
     out, df = sweep
     other = {"name": "widths", "base": tiny(model={"d_model": 48}, train={"steps": 12, "lr": 0.003}),
-             "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}}}
+             "sweep": {"grid": {"model.norm": ["layernorm", "batchnorm"]}}}
     both = tmp_path / "results"
     normbench.run_recipe(other, out=both, jobs=2, threads=1)
     import shutil
@@ -268,6 +268,12 @@ def test_several_recipes_compare_one_table_each_ranked_within(sweep, tmp_path):
     lrs, widths = parts
     assert lrs.by == ["model.placement", "train.lr"] and widths.by == ["model.norm"]
     assert len(lrs.runs) == 8 and len(widths.runs) == 2 and widths.table["n"].tolist() == [1, 1]
+    # the BatchNorm train/eval gap is a default column only where a run measured it
+    assert "bn_eval_gap" in widths.metrics and "bn_eval_gap" not in lrs.metrics
+    bn = widths.runs[widths.runs["model.norm"] == "batchnorm"].iloc[0]
+    row = widths.table[widths.table["model.norm"] == "batchnorm"].iloc[0]
+    assert row["bn_eval_gap_mean"] == pytest.approx(bn["final_val_loss"] - bn["final_val_loss_batch_stats"])
+    assert math.isnan(widths.table[widths.table["model.norm"] == "layernorm"].iloc[0]["bn_eval_gap_mean"])
     # the same numbers as comparing the recipe's folder alone
     alone = compare([out])
     pd.testing.assert_frame_equal(lrs.table, alone.table)
@@ -284,6 +290,7 @@ def test_several_recipes_compare_one_table_each_ranked_within(sweep, tmp_path):
     # csv stays one flat table with the recipe column, for scripts
     flat = pd.read_csv(io.StringIO(runner.invoke(app, ["compare", str(both), "--format", "csv"]).stdout))
     assert sorted(set(flat["recipe"])) == ["lrs", "widths"] and flat["n"].sum() == 10
+    assert "bn_eval_gap_mean" in flat.columns
 
     # report: one report per recipe in its own folder, and an index linking them
     res = runner.invoke(app, ["report", str(both), "--by", "recipe,model.norm"])  # one combined report first

@@ -92,3 +92,47 @@ def test_the_api_functions_stay_functions_once_every_module_is_loaded():
             assert callable(getattr(normbench, name)) and not isinstance(getattr(normbench, name), type(normbench)), name
     from normbench.trainer import train as train_fn
     assert normbench.train is train_fn
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "batchnorm_masked"])
+def test_batch_stats_evaluation_is_a_train_mode_forward_that_changes_nothing(norm, tiny_base):
+    """evaluate_batch_stats against a hand computation: a copy of the model in train mode (no
+    dropout in the tiny model) gives the same loss; the running statistics are left as they were."""
+    import copy
+
+    import torch
+
+    from normbench.data import EVAL_SEED, make_task
+    from normbench.model import Transformer
+    from normbench.trainer import batch_norms, evaluate, evaluate_batch_stats, lm_loss
+
+    cfg = from_dict(tiny_base(model={"norm": norm}, data={"variable_length": True, "min_len": 4}))
+    torch.manual_seed(0)
+    task = make_task(cfg.data, torch.device("cpu"))
+    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # move the running statistics away from their init
+        x, y, mask = task.batch("train", 8, gen)
+        model(x, mask)
+    eval_gen = torch.Generator().manual_seed(EVAL_SEED)
+    batches = [task.batch("val", 8, eval_gen) for _ in range(2)]
+    before = [{k: b.clone() for k, b in bn.named_buffers()} for bn in batch_norms(model)]
+    ref = copy.deepcopy(model).train()
+    with torch.no_grad():
+        want = sum(lm_loss(ref(x, mask), y)[0].item() for x, y, mask in batches) / len(batches)
+    got = evaluate_batch_stats(model, batches, lambda: torch.autocast("cpu", enabled=False))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert model.training  # left in train mode, as train() expects
+    for bn, state in zip(batch_norms(model), before):
+        for k, b in bn.named_buffers():
+            assert torch.equal(b, state[k]), k
+    eval_loss = evaluate(model, batches, lambda: torch.autocast("cpu", enabled=False))
+    assert eval_loss != pytest.approx(got)  # running statistics after 3 steps are not the batches'
+
+
+def test_runs_without_batchnorm_have_no_batch_stats_gap(tiny_base):
+    s = train(from_dict(tiny_base()), threads=1)
+    assert s["bn_eval_gap"] is None and s["final_val_loss_batch_stats"] is None
+    b = train(from_dict(tiny_base(model={"norm": "batchnorm"})), threads=1)
+    assert b["bn_eval_gap"] == pytest.approx(b["final_val_loss"] - b["final_val_loss_batch_stats"])
