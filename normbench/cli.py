@@ -150,7 +150,7 @@ ByOpt = typer.Option(None, "--by", metavar="KEYS",
                           "Default: every key that varies among the runs (and recipe, when several).")
 MetricOpt = typer.Option("final_val_loss", "--metric", help="Ranking metric: final_val_loss, best_val_loss, "
                          "final_train_loss, loss_spikes, max_grad_norm, median_grad_norm, max_attn_logit, "
-                         "tokens_per_s, wall_s, final_val_loss_batch_stats or bn_eval_gap (BatchNorm runs).")
+                         "tokens_per_s, wall_s, max_model_update, final_val_loss_batch_stats or bn_eval_gap (BatchNorm runs).")
 FilterOpt = typer.Option(None, "--filter", metavar="KEY=VALUE",
                          help="Keep runs whose KEY equals VALUE (repeatable; VALUE may list alternatives: "
                               "model.norm=layernorm,rmsnorm). Numbers compare as numbers: train.lr=1e-3 "

@@ -33,12 +33,14 @@ METRICS = {
     "max_attn_logit": ("max logit", True),
     "tokens_per_s": ("tok/s", False),
     "wall_s": ("wall s", True),
+    "max_model_update": ("max update", True),
     "final_val_loss_batch_stats": ("final val, batch stats", True),
     "bn_eval_gap": ("BN eval gap", True),
 }
 DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
                    "tokens_per_s"]
-BN_METRICS = ["bn_eval_gap"]  # default columns too, where some run has BatchNorm
+# default columns too, where some run measured them (the model update since 0.2.0; the gap with BatchNorm)
+WHERE_MEASURED = ["max_model_update", "bn_eval_gap"]
 LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats")
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
@@ -348,8 +350,8 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
 
 
 def default_metrics(runs: pd.DataFrame) -> list[str]:
-    """The default columns, plus the BatchNorm train/eval gap where some run measured one."""
-    extra = [m for m in BN_METRICS if m in runs and pd.to_numeric(runs[m], errors="coerce").notna().any()]
+    """The default columns, plus the model update and the BatchNorm gap where some run measured them."""
+    extra = [m for m in WHERE_MEASURED if m in runs and pd.to_numeric(runs[m], errors="coerce").notna().any()]
     return DEFAULT_METRICS + extra
 
 

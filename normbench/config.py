@@ -111,7 +111,7 @@ class TrainConfig:
                                "run id); see the README's performance section for when it pays")
     eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)
     eval_batches: int = opt(8, "validation batches per evaluation (a fixed set, the same for every run)", min=1)
-    measure_every: int = opt(10, "largest attention logit measured every this many steps", min=1)
+    measure_every: int = opt(10, "largest attention logit and model update measured every this many steps", min=1)
     spike_factor: float = opt(1.3, "a loss spike is a step whose loss exceeds spike_factor times the median "
                                    "of the previous spike_window steps", min=1.0, min_open=True)
     spike_window: int = opt(20, "steps in the running level used for spike detection", min=2)

@@ -47,8 +47,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, list]:
-    """metrics.jsonl as columns: step, loss, grad_norm (training steps only)."""
-    steps, loss, grad = [], [], []
+    """metrics.jsonl as columns: step, loss, grad_norm (training steps only); update_step,
+    model_update (the steps where the model update was measured)."""
+    steps, loss, grad, ustep, update = [], [], [], [], []
     try:
         with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
             for line in f:
@@ -57,9 +58,12 @@ def read_metrics(run_dir: str | Path) -> dict[str, list]:
                     steps.append(rec["step"])
                     loss.append(_num(rec["loss"]))
                     grad.append(_num(rec.get("grad_norm")))
+                if "model_update" in rec:
+                    ustep.append(rec["step"])
+                    update.append(_num(rec["model_update"]))
     except (OSError, ValueError):
         pass
-    return {"step": steps, "loss": loss, "grad_norm": grad}
+    return {"step": steps, "loss": loss, "grad_norm": grad, "update_step": ustep, "model_update": update}
 
 
 def _num(v) -> float:
@@ -82,10 +86,14 @@ def _mean_band(curves: list[tuple[list, list]]):
 
 
 def curves(c: Comparison, path: str | Path) -> Path:
-    """Three panels per group: training loss (smoothed), validation loss (seed mean with a ±1 std
-    band), global gradient norm (log scale, smoothed). Diverged seeds are drawn thin, ending in x."""
+    """Panels: training loss (smoothed), validation loss (seed mean with a ±1 std band), global
+    gradient norm (log scale, smoothed), and the model update (log scale) when the runs measured
+    it; one line per group. Diverged seeds are drawn thin, ending in x."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    logs = {r["run_id"]: read_metrics(r["path"]) for _, r in c.runs.iterrows()}
+    with_update = any(log["update_step"] for log in logs.values())  # runs made before 0.2.0 have none
+    fig, grid = plt.subplots(2, 2, figsize=(14, 9)) if with_update else plt.subplots(1, 3, figsize=(16, 4.8))
+    axes = list(grid.ravel())
     groups = list(dict.fromkeys(c.table.apply(c.label, axis=1)))
     steps_max = int(c.runs["steps_done"].max() or 1)
     window = max(1, steps_max // 50)
@@ -93,13 +101,14 @@ def curves(c: Comparison, path: str | Path) -> Path:
     for (color, ls), label in zip(_styles(len(groups)), groups):
         g = c.runs[c.runs["group"] == label]
         ok = g[~g["diverged"]]
-        logs = {r["run_id"]: read_metrics(r["path"]) for _, r in g.iterrows()}
         train_curves = [(logs[r]["step"], _smooth(logs[r]["loss"], window)) for r in ok["run_id"]]
         grad_curves = [(logs[r]["step"], _smooth(logs[r]["grad_norm"], window)) for r in ok["run_id"]]
+        update_curves = [(logs[r]["update_step"], logs[r]["model_update"]) for r in ok["run_id"]]
         val_curves = [([s for s, v in vl if v is not None], [v for s, v in vl if v is not None])
                       for vl in ok["val_losses"]] if "val_losses" in ok else []
         n = f" (n={len(g)}{', ' + str(len(g) - len(ok)) + ' diverged' if len(ok) < len(g) else ''})"
-        for ax, cs in ((axes[0], train_curves), (axes[1], val_curves), (axes[2], grad_curves)):
+        panels = [(axes[0], train_curves), (axes[1], val_curves), (axes[2], grad_curves)]
+        for ax, cs in panels + ([(axes[3], update_curves)] if with_update else []):
             cs = [cv for cv in cs if cv[0]]
             if not cs:
                 continue
@@ -126,14 +135,18 @@ def curves(c: Comparison, path: str | Path) -> Path:
     axes[0].set(title=f"training loss ({smoothing})", xlabel="step", ylabel="loss (nats)")
     axes[1].set(title="validation loss (seed mean ± std)", xlabel="step", ylabel="loss (nats)")
     axes[2].set(title="global gradient norm before clipping", xlabel="step", ylabel="‖g‖₂", yscale="log")
+    if with_update:
+        axes[3].set(title="model update ‖F(x, θ_t) − F(x, θ_0)‖ (seed mean; Wang et al. 2022)", xlabel="step",
+                    ylabel="RMS change of the logits on a fixed batch", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()  # room for the log axis's tick labels between the panels
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
+    row = 0.22 / fig.get_figheight()  # one legend row, in figure coordinates
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.045 * math.ceil(len(labels) / 4)), frameon=False)
+               bbox_to_anchor=(0.5, -0.02 - row * math.ceil(len(labels) / 4)), frameon=False)
     if diverged:
         fig.suptitle("x marks where a diverged run stopped (its loss clipped to the top of the axis)", fontsize=9, y=1.03)
     return _save(fig, path)

@@ -31,6 +31,7 @@ from .model import Transformer
 # a step is synchronised with the host (losses read, divergence checked) every
 # SYNC_EVERY steps: every step on CPU, where reading is free, less often on GPU
 SYNC_EVERY = {"cpu": 1, "cuda": 16}
+UPDATE_PROBE_SEQS = 8  # sequences in the model-update probe batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,6 +161,23 @@ def evaluate_batch_stats(model, batches, autocast) -> float | None:
     return total / len(batches)
 
 
+@torch.no_grad()
+def model_output(model, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The logits on the real positions of a fixed batch, eval mode, fp32: F(x, θ) for the model update."""
+    model.eval()
+    try:
+        out = model(x, mask).float()
+    finally:
+        model.train()
+    return out[mask] if mask is not None else out.reshape(-1, out.shape[-1])
+
+
+def model_update(model, x: torch.Tensor, mask: torch.Tensor | None, f0: torch.Tensor) -> torch.Tensor:
+    """Wang et al. 2022's model update ‖F(x, θ_t) − F(x, θ_0)‖ as the RMS over logits (so it does not
+    grow with the vocabulary or the probe batch); a 0-dim tensor, read back with the step's metrics."""
+    return torch.linalg.vector_norm(model_output(model, x, mask) - f0) / f0.numel() ** 0.5
+
+
 def resolve_precision(device: torch.device, precision: str) -> str:
     """``auto`` is bf16 on a CUDA GPU with bf16 support and fp32 elsewhere (CPUs without bf16
     units run bf16 matmuls an order of magnitude slower than fp32)."""
@@ -206,6 +224,10 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     gen = task.generator(cfg.seed)
     eval_gen = torch.Generator().manual_seed(EVAL_SEED)  # on the host: the same windows on every device
     eval_batches = [task.batch("val", t.batch_size, eval_gen) for _ in range(t.eval_batches)]
+    # model-update probe: the first validation batch's first 8 sequences, and F(x, θ_0) on them
+    ux, _, umask = (v[:UPDATE_PROBE_SEQS] if v is not None else None for v in eval_batches[0])
+    f0 = model_output(model, ux, umask) if measure else None
+    updates: list[float] = []
     sync_every = SYNC_EVERY.get(device.type, 1)
     stab = Stability(t, task.vocab_size)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
@@ -219,7 +241,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         """Read pending steps back to the host; True if the run diverged."""
         nonlocal pending
         rows, pending = pending, []
-        for s, lr, loss, gnorm, logit in rows:
+        for s, lr, loss, gnorm, logit, update in rows:
             loss = float(loss)
             row = {"step": s, "loss": loss, "lr": lr}
             if gnorm is not None:
@@ -227,6 +249,9 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
             if logit is not None:
                 row["attn_logit_max"] = float(logit)
                 attn_max.append(row["attn_logit_max"])
+            if update is not None:
+                row["model_update"] = float(update)
+                updates.append(row["model_update"])
             log.write(row)
             losses.append(loss)
             if stab.update(s, loss, gnorm):
@@ -253,8 +278,10 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
                                 for ws in model.ffn_weights()]
             gnorm = global_grad_norm(params, t.grad_clip) if measure or t.grad_clip > 0 else None
             opt.step()
-            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(),
-                            model.attention_logit_max() if probe else None))
+            logit = model.attention_logit_max() if probe else None
+            model.measure_attention(False)
+            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(), logit,
+                            model_update(model, ux, umask, f0) if probe else None))
             tokens += tokens_per_step
             is_eval = step % t.eval_every == 0 or step == t.steps
             if len(pending) >= sync_every or is_eval:
@@ -298,6 +325,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "clip_fraction": (sum(g > t.grad_clip for g in stab.grad_norms) / len(stab.grad_norms)
                           if t.grad_clip > 0 and stab.grad_norms else None),
         "max_attn_logit": max((a for a in attn_max if math.isfinite(a)), default=None),
+        "max_model_update": max((u for u in updates if math.isfinite(u)), default=None),
         "final_val_loss_batch_stats": None if diverged or not val_batch_stats else finite_or_none(val_batch_stats[-1]),
         "bn_eval_gap": (None if diverged or not val_batch_stats or not val_losses
                         else finite_or_none(val_losses[-1][1] - val_batch_stats[-1])),

@@ -136,3 +136,36 @@ def test_runs_without_batchnorm_have_no_batch_stats_gap(tiny_base):
     assert s["bn_eval_gap"] is None and s["final_val_loss_batch_stats"] is None
     b = train(from_dict(tiny_base(model={"norm": "batchnorm"})), threads=1)
     assert b["bn_eval_gap"] == pytest.approx(b["final_val_loss"] - b["final_val_loss_batch_stats"])
+
+
+def test_model_update_is_the_rms_change_of_the_logits_on_a_fixed_batch(tiny_base, tmp_path):
+    """Wang et al. 2022's ‖F(x, θ_t) − F(x, θ_0)‖, by hand: zero for the same weights, and the RMS
+    of the logit change over real positions after one weight is moved."""
+    import torch
+
+    from normbench.data import make_task
+    from normbench.model import Transformer
+    from normbench.trainer import model_output, model_update
+
+    cfg = from_dict(tiny_base(data={"variable_length": True, "min_len": 4}))
+    torch.manual_seed(0)
+    task = make_task(cfg.data, torch.device("cpu"))
+    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len).train()
+    x, _, mask = task.batch("val", 4, torch.Generator().manual_seed(1))
+    assert mask is not None and not bool(mask.all())
+    f0 = model_output(model, x, mask)
+    assert f0.shape == (int(mask.sum()), task.vocab_size) and model.training
+    assert model_update(model, x, mask, f0).item() == 0.0
+    with torch.no_grad():
+        model.blocks[1].mlp.fc2.weight.add_(0.05)
+        want = model.eval()(x, mask)[mask]
+    model.train()
+    expected = ((want - f0) ** 2).mean().sqrt().item()
+    assert model_update(model, x, mask, f0).item() == pytest.approx(expected, rel=1e-5) and expected > 0
+
+    (tmp_path / "r").mkdir()
+    s = train(from_dict(tiny_base(train={"steps": 12, "measure_every": 4})), tmp_path / "r", threads=1)
+    rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    measured = [r["step"] for r in rows if "model_update" in r]
+    assert measured == [1, 5, 9]  # with the attention probe, every measure_every steps
+    assert s["max_model_update"] == max(r["model_update"] for r in rows if "model_update" in r) > 0
