@@ -4,7 +4,7 @@ Layout written (for one recipe; for several, each recipe folder gets this and
 RESULTS/report.md is an index linking them)::
 
     RESULTS/report.md
-    RESULTS/figures/curves.png           training loss, validation loss, gradient norm per configuration
+    RESULTS/figures/curves.png           training loss, validation loss, gradient norm (and model update)
     RESULTS/figures/grad_norm_init.png   per-layer gradient norm at initialisation
     RESULTS/figures/lr_sensitivity.png   loss against learning rate (only when train.lr varies)
 
@@ -73,6 +73,10 @@ def render_index(c: Comparison, written: list, out_dir: Path, command: str) -> s
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _has_updates(c: Comparison) -> bool:
+    return "max_model_update" in c.runs and c.runs["max_model_update"].notna().any()
+
+
 def _write_one(c: Comparison, out_dir: Path, command: str) -> Path:
     fig_dir = out_dir / FIGURES
     figs = {
@@ -112,8 +116,11 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
                   "forgiving.", "", markdown_table(*sensitivity_rows(c)),
                   f"![loss against learning rate]({figs['lr_sensitivity']})", ""]
     lines += ["## Training curves", "",
-              "Training loss (running mean), validation loss (seed mean, band ±1 std over seeds) and the global "
-              "gradient norm before clipping (log scale).", "", f"![training curves]({figs['curves']})", ""]
+              "Training loss (running mean), validation loss (seed mean, band ±1 std over seeds), the global "
+              "gradient norm before clipping (log scale)"
+              + (" and the model update ‖F(x, θ_t) − F(x, θ_0)‖, the RMS change of the logits on a fixed batch "
+                 "(log scale; Wang et al. 2022)" if _has_updates(c) else "") + ".", "",
+              f"![training curves]({figs['curves']})", ""]
     if "grad_norm_init" in figs:
         lines += ["## Gradient norm per layer at initialisation", "",
                   "The norm of each block's feed-forward weight gradients on the first batch, before any update "

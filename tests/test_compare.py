@@ -197,6 +197,10 @@ def test_report_writes_markdown_and_figures(sweep):
     for heading in ("## Comparison", "## Learning-rate sensitivity", "## Training curves",
                     "## Gradient norm per layer at initialisation", "## Diverged runs"):
         assert heading in text
+    assert "and the model update ‖F(x, θ_t) − F(x, θ_0)‖" in text and "| max update |" in text
+    import struct
+    width, height = struct.unpack(">II", (out / "figures" / "curves.png").read_bytes()[16:24])
+    assert height > 0.55 * width  # four panels, two rows (three in a row are about 0.35)
     diverged = df[df["diverged"].astype(bool)]
     assert len(diverged) == 4
     for _, r in diverged.iterrows():  # every diverged run listed with its step
