@@ -289,10 +289,11 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
         fail(e)
     parts = c.per_recipe()
     if len(parts) > 1:
+        from .report import report_home
+
         out_console.print(f"wrote {path}, an index of {len(parts)} reports (one per recipe):", markup=False)
         for part in parts:
-            home = Path(part.sources[0]) if len(part.sources) == 1 else results / "reports" / str(part.recipe)
-            out_console.print(f"  {home / 'report.md'}", markup=False)
+            out_console.print(f"  {report_home(part, results) / 'report.md'}", markup=False)
         return
     figs = sorted(p.name for p in (results / "figures").glob("*.png"))
     out_console.print(f"wrote {path} and {len(figs)} figures in {results / 'figures'}: {', '.join(figs)}",

@@ -65,13 +65,18 @@ class Comparison:
     auto_by: bool = False  # the factors were detected, not given with --by
     metrics_chosen: bool = False  # the metrics were given, not the defaults
     recipe: str | None = None  # set on the parts per_recipe() returns
+    _parts: list | None = field(default=None, repr=False, compare=False)
 
     def per_recipe(self) -> list[Comparison]:
         """One comparison per recipe, each grouped by the keys that vary within it, when the
         factors were detected and the runs span several recipes (losses of different tasks or
-        set-ups do not rank against each other); else ``[self]``. Notes stay with ``self``."""
-        if not self.auto_by or "recipe" not in self.by:
-            return [self]
+        set-ups do not rank against each other); else ``[self]``. Notes stay with ``self``.
+        Built once: the table, the plot and the report all ask."""
+        if self._parts is None:
+            self._parts = self._split() if self.auto_by and "recipe" in self.by else [self]
+        return self._parts
+
+    def _split(self) -> list[Comparison]:
         out = []
         for name, runs in self.runs.groupby(self.runs["recipe"].map(_plain), sort=True):
             runs = runs.drop(columns=["group"])

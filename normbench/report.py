@@ -36,19 +36,25 @@ def write_report(c: Comparison, out_dir: str | Path, command: str | None = None)
         return _write_one(c, out_dir, command)
     written = []
     for part in parts:
-        if len(part.sources) == 1:  # the usual layout: RESULTS/<recipe>/<run id>/
-            dest, again = Path(part.sources[0]), f"normbench report {part.sources[0]}"
-        else:  # one recipe read from several folders: no single home, so a folder of its own
-            dest, again = out_dir / "reports" / str(part.recipe), command
+        dest = report_home(part, out_dir)
+        again = f"normbench report {dest}" if len(part.sources) == 1 else command
         written.append((part, _write_one(part, dest, again)))
-    for name in FIGURE_NAMES:  # the index has no figures: drop those of an earlier single report
-        (out_dir / FIGURES / name).unlink(missing_ok=True)
+    for name in DRAW:  # the index has no figures: drop those of an earlier single report
+        (out_dir / FIGURES / f"{name}.png").unlink(missing_ok=True)
     path = out_dir / "report.md"
     store.write_atomic(path, render_index(c, written, out_dir, command))
     return path
 
 
-FIGURE_NAMES = ("curves.png", "grad_norm_init.png", "lr_sensitivity.png")
+def report_home(part: Comparison, out_dir: Path) -> Path:
+    """Where one recipe's report goes when ``out_dir`` holds several: its own folder (the usual
+    layout, RESULTS/<recipe>/<run id>/), or, for a recipe read from several folders, which has
+    no single home, RESULTS/reports/<recipe>/."""
+    return Path(part.sources[0]) if len(part.sources) == 1 else Path(out_dir) / "reports" / str(part.recipe)
+
+
+# figure name -> drawing function (each returns None when it has nothing to draw)
+DRAW = {"curves": plots.curves, "grad_norm_init": plots.grad_norm_init, "lr_sensitivity": plots.lr_sensitivity}
 
 
 def render_index(c: Comparison, written: list, out_dir: Path, command: str) -> str:
@@ -79,11 +85,7 @@ def _has_updates(c: Comparison) -> bool:
 
 def _write_one(c: Comparison, out_dir: Path, command: str) -> Path:
     fig_dir = out_dir / FIGURES
-    figs = {
-        "curves": plots.curves(c, fig_dir / "curves.png"),
-        "grad_norm_init": plots.grad_norm_init(c, fig_dir / "grad_norm_init.png"),
-        "lr_sensitivity": plots.lr_sensitivity(c, fig_dir / "lr_sensitivity.png"),
-    }
+    figs = {name: draw(c, fig_dir / f"{name}.png") for name, draw in DRAW.items()}
     for name, path in figs.items():
         if path is None:
             (fig_dir / f"{name}.png").unlink(missing_ok=True)

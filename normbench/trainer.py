@@ -119,16 +119,22 @@ def finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-@torch.no_grad()
-def evaluate(model, batches, autocast) -> float:
-    """Mean loss over ``batches`` in eval mode (BatchNorm normalises with its running statistics)."""
-    model.eval()
+def _mean_loss(model, batches, autocast) -> float:
     total = 0.0
     for x, y, mask in batches:
         with autocast():
             total += lm_loss(model(x, mask), y)[0].item()
-    model.train()
     return total / len(batches)
+
+
+@torch.no_grad()
+def evaluate(model, batches, autocast) -> float:
+    """Mean loss over ``batches`` in eval mode (BatchNorm normalises with its running statistics)."""
+    model.eval()
+    try:
+        return _mean_loss(model, batches, autocast)
+    finally:
+        model.train()
 
 
 def batch_norms(model) -> list[torch.nn.Module]:
@@ -148,17 +154,13 @@ def evaluate_batch_stats(model, batches, autocast) -> float | None:
     model.eval()
     for bn in bns:
         bn.train()
-    total = 0.0
     try:
-        for x, y, mask in batches:
-            with autocast():
-                total += lm_loss(model(x, mask), y)[0].item()
+        return _mean_loss(model, batches, autocast)
     finally:
         for bn, state in zip(bns, saved):
             for k, b in bn.named_buffers():
                 b.copy_(state[k])
         model.train()
-    return total / len(batches)
 
 
 @torch.no_grad()
@@ -278,10 +280,12 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
                                 for ws in model.ffn_weights()]
             gnorm = global_grad_norm(params, t.grad_clip) if measure or t.grad_clip > 0 else None
             opt.step()
-            logit = model.attention_logit_max() if probe else None
-            model.measure_attention(False)
-            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(), logit,
-                            model_update(model, ux, umask, f0) if probe else None))
+            logit = update = None
+            if probe:
+                logit = model.attention_logit_max()
+                model.measure_attention(False)  # the update's forward must not record logits
+                update = model_update(model, ux, umask, f0)
+            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(), logit, update))
             tokens += tokens_per_step
             is_eval = step % t.eval_every == 0 or step == t.steps
             if len(pending) >= sync_every or is_eval:
