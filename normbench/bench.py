@@ -37,7 +37,8 @@ from . import __version__
 from .config import RunConfig
 from .data import make_task
 from .errors import NormbenchError
-from .trainer import autocast_for, lm_loss, resolve_device, resolve_precision, train
+from .model import Transformer
+from .trainer import autocast_for, causal_leak, lm_loss, resolve_device, resolve_precision, train
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +170,7 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
+    run_steps = cfg.train.steps  # a real run's length, to price the probe taken once per run
     total = warmup + steps
     # no evaluation inside the timed window: the only one comes after the last step
     cfg = replace(cfg, train=replace(cfg.train, steps=total, eval_every=total, eval_batches=1))
@@ -236,6 +238,9 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         "steps": steps, "warmup": warmup, "rounds": rounds,
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
+    out["causal_probe_ms"] = causal_probe_ms(cfg, task, device)
+    out["causal_probe_share"] = out["causal_probe_ms"] / (run_steps * main["step_ms"])
+    out["run_steps"] = run_steps
     if off:
         out["measurements_off"] = figures("measurements_off")
         out["measurement_overhead"] = main["step_ms"] / out["measurements_off"]["step_ms"] - 1
@@ -243,6 +248,19 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         out["reference"] = figures("reference")
         out["speedup_vs_reference"] = main["tokens_per_s"] / out["reference"]["tokens_per_s"]
     return out
+
+
+def causal_probe_ms(cfg: RunConfig, task, device: torch.device, repeats: int = 5) -> float:
+    """Median time of the causality probe (two training-mode forwards of one batch), taken once per run."""
+    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len).to(device)
+    x, _, mask = task.batch("val", cfg.train.batch_size, torch.Generator().manual_seed(0))
+    autocast = autocast_for(device, cfg.train.precision)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        causal_leak(model, x, mask, task.vocab_size, autocast)  # reads its result back: synchronised
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
 def _device_name(device: torch.device) -> str:

@@ -105,13 +105,15 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
     Exit code 0 when every run completed (diverged counts as completed), 1 when some crashed,
     2 for bad input, 130 when interrupted.
     """
-    from .sweep import execute, make_plan
+    from .sweep import causality_warning, execute, make_plan
     from .display import make_reporter
     from . import store
 
     try:
         rec = _load(recipe, set_, device)
         plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
+        if (leak := causality_warning(rec)) and plan.todo:
+            err_console.print(f"warning: {leak}", markup=False, soft_wrap=True)
         if dry_run:
             out_console.print(_plan_table(plan))
             return
@@ -372,6 +374,8 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
     out_console.print(table)
     if "measurement_overhead" in res:
         out_console.print(f"stability measurements cost {res['measurement_overhead']:+.1%} of step time", markup=False)
+    out_console.print(f"the causality probe, taken once per run, costs {res['causal_probe_ms']:.1f} ms: "
+                      f"{res['causal_probe_share']:.2%} of a {res['run_steps']}-step run", markup=False)
     if "speedup_vs_reference" in res:
         out_console.print(f"normbench runs at {res['speedup_vs_reference']:.3f}x the reference's tokens/s",
                           markup=False)

@@ -36,11 +36,20 @@ METRICS = {
     "max_model_update": ("max update", True),
     "final_val_loss_batch_stats": ("final val, batch stats", True),
     "bn_eval_gap": ("BN eval gap", True),
+    "train_causal_leak": ("causal leak", True),
+    "unstable_steps": ("steps > ceiling", True),
+    "max_loss": ("max loss", True),
 }
 DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
                    "tokens_per_s"]
 # default columns too, where some run measured them (the model update since 0.2.0; the gap with BatchNorm)
 WHERE_MEASURED = ["max_model_update", "bn_eval_gap"]
+# default columns too, where some run has a non-zero value: a leak of future tokens, excursions above ln V + margin
+WHERE_NONZERO = ["train_causal_leak", "unstable_steps"]
+LEAK_TOL = 1e-6  # a per-token norm's leak is 0 to float rounding
+LEAK_NOTE = ("causal leak (train_causal_leak): the RMS change of a run's training-mode logits at positions <= t "
+             "when every token after t changes; above 0, the model saw later tokens in training (BatchNorm's "
+             "batch statistics), so its training loss is optimistic: judge it by the eval-mode val loss")
 LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats")
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
@@ -349,6 +358,8 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
             notes.append(f"pooled over {', '.join(pooled)} (they vary but are not in --by)")
     chosen = bool(metrics)
     metrics = list(dict.fromkeys((metrics or default_metrics(done)) + [metric]))
+    if "train_causal_leak" in done and (pd.to_numeric(done["train_causal_leak"], errors="coerce") > LEAK_TOL).any():
+        notes.append(LEAK_NOTE)
     c = _build(done, crashed, by, metric, metrics, notes, sources)
     c.auto_by, c.metrics_chosen = auto_by, chosen
     return c
@@ -357,6 +368,7 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
 def default_metrics(runs: pd.DataFrame) -> list[str]:
     """The default columns, plus the model update and the BatchNorm gap where some run measured them."""
     extra = [m for m in WHERE_MEASURED if m in runs and pd.to_numeric(runs[m], errors="coerce").notna().any()]
+    extra += [m for m in WHERE_NONZERO if m in runs and (pd.to_numeric(runs[m], errors="coerce") > LEAK_TOL).any()]
     return DEFAULT_METRICS + extra
 
 

@@ -24,12 +24,19 @@ NORMS = {
     "layernorm_nobias": "LayerNorm without the bias (nn.LayerNorm(bias=False))",
     "rmsnorm": "RMSNorm (nn.RMSNorm): x/rms(x) with a gain, no centring",
     "scalenorm": "ScaleNorm: g*x/||x||, one scalar gain g initialised to sqrt(d_model)",
-    "dyt": "Dynamic Tanh: gamma*tanh(alpha*x)+beta, scalar alpha initialised to model.dyt_alpha",
+    "dyt": "Dynamic Tanh: gamma*tanh(alpha*x)+beta, scalar alpha initialised to model.dyt_alpha "
+           "(model.dyt_alpha_ffn for the norms not in front of attention)",
+    "dyt_nobias": "Dynamic Tanh without beta, as the DyT LLaMA code: gamma*tanh(alpha*x)",
     "batchnorm": "BatchNorm over all B*T token positions, padding included (nn.BatchNorm1d)",
     "batchnorm_masked": "BatchNorm with statistics from non-padding tokens only (PowerNorm's MaskBN)",
+    "batchnorm_causal": "BatchNorm that normalises with running statistics of earlier steps only (updated after "
+                        "use, from non-padding tokens): causal within a step, unlike batchnorm",
     "none": "no normalization (identity)",
 }
-TOKEN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt")
+TOKEN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias")
+# norms whose training-mode output at one position depends on other positions of the batch (later
+# tokens included): the training loss of a causal LM is then optimistic (README: causality probe)
+LEAKY_NORMS = ("batchnorm", "batchnorm_masked")
 PLACEMENTS = {
     "pre": "Pre-LN: x + F(norm(x)), plus a final norm",
     "post": "Post-LN: norm(x + F(x))",
@@ -43,8 +50,9 @@ TASKS = {
     "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
 }
 
-Norm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "batchnorm", "batchnorm_masked", "none"]
-QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt"]
+Norm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "batchnorm",
+               "batchnorm_masked", "batchnorm_causal", "none"]
+QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias"]
 Placement = Literal["pre", "post", "sandwich", "deepnorm"]
 Task = Literal["charlm", "text", "copy", "reverse"]
 
@@ -68,11 +76,27 @@ class ModelConfig:
     qk_norm_type: QKNorm = opt("layernorm", "the per-head norm used when qk_norm is true (ignored otherwise)")
     bias: bool = opt(True, "biases in linear layers (norm biases are set by the norm type)")
     tie_embeddings: bool = opt(True, "share the token embedding with the LM head")
-    init: Literal["xavier", "gpt2"] = opt(
-        "xavier", "linear-weight init: xavier (Xavier-normal, as DeepNet) or gpt2 (N(0,0.02), residual "
-        "projections scaled by 1/sqrt(2N)); embeddings are N(0,0.02) in both")
+    embed_scale: Literal["none", "sqrt_d", "learned"] = opt(
+        "sqrt_d", "multiplier of the token embedding at the input: none (GPT-2, nanoGPT), sqrt_d (a constant "
+        "sqrt(d_model), fairseq: Xiong et al., DeepNet) or learned (a scalar initialised to sqrt(d_model), the "
+        "DyT and Derf code); a tied head sees the unscaled table")
+    embed_std: Optional[float] = opt(
+        None, "std of the N(0, std) init of the token and position embeddings; null: the convention's own, "
+        "0.02 with embed_scale none (GPT-2), d_model^-1/2 otherwise (fairseq)", min=0.0, min_open=True)
+    init: Literal["xavier", "gpt2", "torch"] = opt(
+        "xavier", "linear-weight init: xavier (Xavier-normal, zero biases; fairseq, DeepNet), gpt2 (N(0,0.02), "
+        "residual projections scaled by 1/sqrt(2N), zero biases) or torch (PyTorch's nn.Linear default: "
+        "uniform, std 1/sqrt(3*fan_in), biases too)")
+    head_std: Optional[float] = opt(
+        None, "std of the N(0, std) init of an untied LM head; null: d_model^-1/2 (fairseq's output "
+        "projection); ignored when tie_embeddings is true", min=0.0, min_open=True)
     norm_eps: float = opt(1e-5, "epsilon of every norm", min=0.0, min_open=True)
-    dyt_alpha: float = opt(0.5, "initial alpha of DyT", min=0.0, min_open=True)
+    dyt_alpha: float = opt(1.0, "initial alpha of DyT in the norms in front of (or after) attention; 1.0 is the "
+                                "DyT paper's LLM setting for widths up to 1024 (0.5 for its non-LLM models)",
+                           min=0.0, min_open=True)
+    dyt_alpha_ffn: Optional[float] = opt(
+        None, "initial alpha of DyT in the MLP's norms and the final norm (the paper sets it apart from "
+        "attention's for wide LLMs); null: the same as dyt_alpha", min=0.0, min_open=True)
 
 
 @dataclass(frozen=True)
@@ -115,8 +139,11 @@ class TrainConfig:
     spike_factor: float = opt(1.3, "a loss spike is a step whose loss exceeds spike_factor times the median "
                                    "of the previous spike_window steps", min=1.0, min_open=True)
     spike_window: int = opt(20, "steps in the running level used for spike detection", min=2)
-    divergence_margin: float = opt(1.0, "diverged when loss > ln(vocab) + this margin (or non-finite)",
-                                   min=0.0)
+    divergence_margin: float = opt(1.0, "the loss ceiling is ln(vocab) + this margin; a step above it is an "
+                                        "excursion", min=0.0)
+    divergence_patience: int = opt(50, "diverged when the loss stays above the ceiling this many consecutive "
+                                       "steps (or ends above it); a non-finite loss or gradient stops a run at once",
+                                   min=1)
 
 
 @dataclass(frozen=True)
@@ -183,10 +210,10 @@ def suggest(key: str, choices) -> str:
 def coerce(key: str, value: Any, tp, meta: dict) -> Any:
     """Check one value against its field type and bounds; return it in canonical form."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[str]
+    if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
-        return coerce(key, value, str, meta)
+        return coerce(key, value, next(a for a in typing.get_args(tp) if a is not type(None)), meta)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -253,8 +280,15 @@ def from_dict(raw: Any) -> RunConfig:
     hints = typing.get_type_hints(RunConfig)
     top = {k: coerce(k, raw[k], hints[k], _fields(RunConfig)[k].metadata) for k in TOP_LEVEL if k in raw}
     cfg = RunConfig(**{s: _section(cls, raw.get(s), s) for s, cls in SECTIONS.items()}, **top)
-    if not cfg.model.qk_norm:  # unused, so it must not make otherwise equal runs look different
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, qk_norm_type="layernorm"))
+    # keys a configuration does not use are reset, so they cannot make otherwise equal runs look different
+    m, unused = cfg.model, {}
+    if not m.qk_norm:
+        unused["qk_norm_type"] = "layernorm"
+    if m.tie_embeddings:
+        unused["head_std"] = None
+    if not (m.norm.startswith("dyt") or (m.qk_norm and m.qk_norm_type.startswith("dyt"))):
+        unused["dyt_alpha"], unused["dyt_alpha_ffn"] = _fields(ModelConfig)["dyt_alpha"].default, None
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **unused))
     check(cfg)
     return cfg
 

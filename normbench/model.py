@@ -74,17 +74,23 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+def dyt_alphas(cfg: ModelConfig) -> tuple[float, float]:
+    """DyT's initial alpha for attention's norms and for the others (MLP, final): Zhu et al. 2025, Table 11."""
+    return cfg.dyt_alpha, cfg.dyt_alpha if cfg.dyt_alpha_ffn is None else cfg.dyt_alpha_ffn
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         before, after_branch, after_add, _ = SLOTS[cfg.placement]
 
-        def slots():
-            return nn.ModuleList([make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.dyt_alpha) if on else Identity()
+        def slots(alpha):
+            return nn.ModuleList([make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, alpha) if on else Identity()
                                   for on in (before, after_branch, after_add)])
 
-        self.attn, self.attn_norms = Attention(cfg), slots()
-        self.mlp, self.mlp_norms = MLP(cfg), slots()
+        attn_alpha, ffn_alpha = dyt_alphas(cfg)
+        self.attn, self.attn_norms = Attention(cfg), slots(attn_alpha)
+        self.mlp, self.mlp_norms = MLP(cfg), slots(ffn_alpha)
         self.alpha = deepnorm_constants(cfg.layers)[0] if cfg.placement == "deepnorm" else 1.0
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -104,10 +110,14 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok = nn.Embedding(vocab_size, cfg.d_model)
         self.pos = nn.Embedding(seq_len, cfg.d_model)
+        # the token embedding's input multiplier: 1, a constant sqrt(d) (fairseq) or a learned scalar
+        # initialised to sqrt(d) (DyT/Derf code); the tied head reads the unscaled table
+        scale = 1.0 if cfg.embed_scale == "none" else math.sqrt(cfg.d_model)
+        self.embed_scale = nn.Parameter(torch.tensor(scale)) if cfg.embed_scale == "learned" else scale
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
         final = SLOTS[cfg.placement][3]
-        self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.dyt_alpha) if final else Identity()
+        self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, dyt_alphas(cfg)[1]) if final else Identity()
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.register_buffer("causal", torch.ones(seq_len, seq_len, dtype=torch.bool).tril_(), persistent=False)
         self._init_weights()
@@ -115,25 +125,31 @@ class Transformer(nn.Module):
             self.head.weight = self.tok.weight
 
     def _init_weights(self):
+        """The conventions of README "Init and embeddings": embeddings N(0, embed_std), the linear
+        weights by ``cfg.init``, an untied head N(0, head_std), then DeepNet's beta."""
         cfg, d = self.cfg, self.cfg.d_model
+        embed_std = cfg.embed_std or (0.02 if cfg.embed_scale == "none" else d ** -0.5)
         for emb in (self.tok, self.pos):
-            nn.init.normal_(emb.weight, std=0.02)
-        nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.normal_(emb.weight, std=embed_std)
+        nn.init.normal_(self.head.weight, std=cfg.head_std or d ** -0.5)
         beta = deepnorm_constants(cfg.layers)[1] if cfg.placement == "deepnorm" else 1.0
-        residual_std = 0.02 / math.sqrt(2 * cfg.layers)
         for block in self.blocks:
             a, m = block.attn, block.mlp
-            for lin in (a.qkv, a.proj, m.fc1, m.fc2):
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
             with torch.no_grad():
+                for lin in (a.qkv, a.proj, m.fc1, m.fc2):
+                    if cfg.init == "torch":
+                        lin.reset_parameters()  # uniform, std 1/sqrt(3 fan_in); qkv's fan_in is d as for q, k, v
+                    elif lin.bias is not None:
+                        nn.init.zeros_(lin.bias)
                 q, k, v = a.qkv.weight.view(3, d, d).unbind(0)  # init as three d x d projections
-                for w, lin_w in ((q, None), (k, None), (v, None), (a.proj.weight, "res"), (m.fc1.weight, None),
-                                 (m.fc2.weight, "res")):
-                    if cfg.init == "xavier":
+                if cfg.init == "xavier":
+                    for w in (q, k, v, a.proj.weight, m.fc1.weight, m.fc2.weight):
                         nn.init.xavier_normal_(w)
-                    else:
-                        nn.init.normal_(w, std=residual_std if lin_w == "res" else 0.02)
+                elif cfg.init == "gpt2":  # residual projections scaled by 1/sqrt(2N)
+                    for w in (q, k, v, m.fc1.weight):
+                        nn.init.normal_(w, std=0.02)
+                    for w in (a.proj.weight, m.fc2.weight):
+                        nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.layers))
                 # DeepNet scales the FFN, value and output projections by beta
                 for w in (v, a.proj.weight, m.fc1.weight, m.fc2.weight):
                     w.mul_(beta)
@@ -142,7 +158,7 @@ class Transformer(nn.Module):
         """idx (B, T) token ids; mask (B, T) True on real tokens, None when nothing is padded."""
         B, T = idx.shape
         attn_mask = None if mask is None else self.causal[:T, :T] & mask[:, None, None, :]  # (B, 1, T, T)
-        x = self.drop(self.tok(idx) + self.pos.weight[:T])  # (B, T, d)
+        x = self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T])  # (B, T, d)
         for block in self.blocks:
             x = block(x, mask, attn_mask)
         return self.head(self.final_norm(x, mask))  # (B, T, vocab)

@@ -5,7 +5,9 @@ Every norm maps (B, T, d) -> (B, T, d) and takes an optional padding mask
 batch norms are the reason it exists: ``batchnorm`` is what a user gets by
 dropping ``nn.BatchNorm1d`` into a Transformer (statistics over every one of the
 B*T positions, padding included), ``batchnorm_masked`` takes its statistics from
-real tokens only (Shen et al. 2020, PowerNorm's MaskBN).
+real tokens only (Shen et al. 2020, PowerNorm's MaskBN). Both mix positions, so in
+training a token's output depends on later tokens; ``batchnorm_causal`` normalises
+with running statistics of earlier steps only, which is causal.
 """
 from __future__ import annotations
 
@@ -54,14 +56,22 @@ class ScaleNorm(nn.Module):
 class DyT(nn.Module):
     """gamma * tanh(alpha * x) + beta with a scalar alpha (Zhu et al. 2025)."""
 
-    def __init__(self, d: int, alpha: float = 0.5, **_):
+    def __init__(self, d: int, alpha: float = 1.0, bias: bool = True, **_):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
 
     def forward(self, x, mask=None):
-        return self.weight * torch.tanh(self.alpha * x) + self.bias
+        y = self.weight * torch.tanh(self.alpha * x)
+        return y if self.bias is None else y + self.bias
+
+
+class DyTNoBias(DyT):
+    """DyT without beta, as the DyT LLaMA code has it."""
+
+    def __init__(self, d: int, alpha: float = 1.0, **_):
+        super().__init__(d, alpha, bias=False)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -101,6 +111,30 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
+class CausalBatchNorm(nn.BatchNorm1d):
+    """BatchNorm that normalises with the running statistics *before* this batch updates them.
+
+    No statistic of the current batch reaches the output, so a token's output never depends
+    on other positions (later ones included): causal in training, the same map in train and
+    eval mode, and no gradient through the statistics, as PowerNorm after its warmup. The
+    running statistics then take this batch's (real-token) mean and unbiased variance.
+    """
+
+    def __init__(self, d: int, eps: float, **_):
+        super().__init__(d, eps=eps)
+
+    def forward(self, x, mask=None):
+        y = (x - self.running_mean.to(x.dtype)) * torch.rsqrt(self.running_var.to(x.dtype) + self.eps)
+        if self.training:
+            with torch.no_grad():
+                real = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]  # (n, d)
+                if real.shape[0] > 1:
+                    self.num_batches_tracked += 1
+                    self.running_mean.lerp_(real.mean(0).to(self.running_mean.dtype), self.momentum)
+                    self.running_var.lerp_(real.var(0).to(self.running_var.dtype), self.momentum)
+        return y * self.weight + self.bias
+
+
 class Identity(nn.Module):
     def __init__(self, *_, **__):
         super().__init__()
@@ -115,12 +149,14 @@ NORMS: dict[str, type[nn.Module]] = {
     "rmsnorm": RMSNorm,
     "scalenorm": ScaleNorm,
     "dyt": DyT,
+    "dyt_nobias": DyTNoBias,
     "batchnorm": BatchNorm,
     "batchnorm_masked": MaskedBatchNorm,
+    "batchnorm_causal": CausalBatchNorm,
     "none": Identity,
 }
 
 
-def make_norm(name: str, d: int, eps: float = 1e-5, dyt_alpha: float = 0.5) -> nn.Module:
+def make_norm(name: str, d: int, eps: float = 1e-5, dyt_alpha: float = 1.0) -> nn.Module:
     return NORMS[name](d, eps=eps, alpha=dyt_alpha)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import store
+from .config import LEAKY_NORMS
 from .display import make_reporter
 from .errors import NormbenchError
 from .executors import LocalExecutor, plan_parallelism
@@ -29,6 +30,18 @@ def make_plan(recipe: Recipe, out: str | Path, force: bool = False, retry_failed
     redo = {"missing", "incomplete"} | ({"crashed"} if retry_failed else set())
     todo = [r for r in recipe.runs if force or statuses[r.run_id] in redo]
     return Plan(recipe, recipe_dir, statuses, todo, force, retry_failed)
+
+
+def causality_warning(recipe: Recipe) -> str | None:
+    """One line when some runs use a norm whose training-mode statistics mix positions (README:
+    causality probe), else None."""
+    leaky = sorted({r.cfg.model.norm for r in recipe.runs if r.cfg.model.norm in LEAKY_NORMS})
+    if not leaky:
+        return None
+    n = sum(r.cfg.model.norm in LEAKY_NORMS for r in recipe.runs)
+    return (f"{n} run(s) use {', '.join(leaky)}: in training its batch statistics let a token see later tokens, "
+            f"so the training loss is optimistic (train_causal_leak > 0); judge by the eval-mode val loss, "
+            f"or compare batchnorm_causal")
 
 
 def config_recipe(recipe: Recipe, spec: RunSpec) -> dict:

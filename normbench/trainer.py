@@ -67,7 +67,15 @@ def lm_loss(logits: torch.Tensor, y: torch.Tensor, z_loss: float = 0.0) -> tuple
 
 
 class Stability:
-    """Divergence and loss spikes, fed one step at a time with host floats."""
+    """Divergence, excursions and loss spikes, fed one step at a time with host floats.
+
+    Divergence is judged as the literature judges it (runs train to the end; a final loss is
+    capped at the loss at initialisation): only a non-finite loss or gradient norm stops a run
+    at once. A loss above the ceiling ln(vocab) + margin is an *excursion*: counted, and the run
+    goes on; the run has diverged when ``divergence_patience`` consecutive steps are above the
+    ceiling (it stops there), or when it ends above it (see ``finish``). ``diverged_step`` is
+    the step at which that last stretch above the ceiling began.
+    """
 
     def __init__(self, t: TrainConfig, vocab_size: int):
         self.t = t
@@ -76,28 +84,45 @@ class Stability:
         self.spike_steps: list[int] = []
         self.in_spike = False
         self.grad_norms: list[float] = []
+        self.unstable_steps = 0  # steps with the loss above the ceiling
+        self.max_loss: float | None = None  # the largest finite loss
+        self.above_since: int | None = None  # first step of the current stretch above the ceiling
         self.diverged_step: int | None = None
         self.reason: str | None = None
 
     def update(self, step: int, loss: float, grad_norm: float | None) -> bool:
         """Record one step (1-based); True when the run has diverged. ``grad_norm`` None: not measured."""
         if not math.isfinite(loss):
-            self.reason = "non-finite loss"
-        elif grad_norm is not None and not math.isfinite(grad_norm):
-            self.reason = "non-finite gradient norm"
-        elif loss > self.ceiling:
-            self.reason = f"loss {loss:.3f} above ln(vocab) + margin = {self.ceiling:.3f}"
-        if self.reason:
-            self.diverged_step = step
-            return True
+            return self._diverge(step, "non-finite loss")
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return self._diverge(step, "non-finite gradient norm")
+        self.max_loss = loss if self.max_loss is None else max(self.max_loss, loss)
         if grad_norm is not None:
             self.grad_norms.append(grad_norm)
+        if loss > self.ceiling:
+            self.unstable_steps += 1
+            self.above_since = self.above_since or step
+            if step - self.above_since + 1 >= self.t.divergence_patience:
+                return self._diverge(self.above_since, f"loss above ln(vocab) + margin = {self.ceiling:.3f} for "
+                                                      f"{self.t.divergence_patience} consecutive steps")
+        else:
+            self.above_since = None
         spike = len(self.recent) == self.recent.maxlen and loss > self.t.spike_factor * statistics.median(self.recent)
         if spike and not self.in_spike:  # consecutive spiking steps are one spike
             self.spike_steps.append(step)
         self.in_spike = spike
         self.recent.append(loss)
         return False
+
+    def finish(self) -> None:
+        """At the end of a run that was not stopped: one that ends above the ceiling has diverged."""
+        if self.diverged_step is None and self.above_since is not None:
+            self._diverge(self.above_since, f"ended above ln(vocab) + margin = {self.ceiling:.3f} "
+                                            f"(since step {self.above_since})")
+
+    def _diverge(self, step: int, reason: str) -> bool:
+        self.diverged_step, self.reason = step, reason
+        return True
 
 
 class MetricsLog:
@@ -180,6 +205,44 @@ def model_update(model, x: torch.Tensor, mask: torch.Tensor | None, f0: torch.Te
     return torch.linalg.vector_norm(model_output(model, x, mask) - f0) / f0.numel() ** 0.5
 
 
+@torch.no_grad()
+def causal_leak(model, x: torch.Tensor, mask: torch.Tensor | None, vocab_size: int, autocast) -> float:
+    """How much the training-mode outputs at positions <= t move when every token after t changes
+    (t = T // 2, in every sequence of the batch): the RMS change of those logits over real positions.
+
+    A causal LM must give 0 (to float rounding); a norm whose statistics mix positions (BatchNorm
+    in training mode) does not, and its training loss is then optimistic. Both forwards use the
+    same dropout masks; buffers (BatchNorm's running statistics) are restored, so training is
+    unchanged."""
+    T = x.shape[1]
+    t = T // 2
+    x2 = x.clone()
+    shift = torch.randint(1, vocab_size, x[:, t + 1:].shape, generator=torch.Generator().manual_seed(0))
+    x2[:, t + 1:] = (x[:, t + 1:] + shift.to(x.device)) % vocab_size  # every later token differs
+    saved = {k: b.clone() for k, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    outs = []
+
+    def restore():
+        for k, b in model.named_buffers():
+            b.copy_(saved[k])
+
+    try:
+        for inp in (x, x2):
+            restore()  # both forwards from the same state (a training-mode forward updates running stats)
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(0)  # the same dropout masks in both forwards
+                with autocast():
+                    outs.append(model(inp, mask)[:, :t + 1].float())  # (B, t+1, V)
+    finally:
+        restore()
+        model.train(was_training)
+    diff = outs[0] - outs[1]
+    diff = diff[mask[:, :t + 1]] if mask is not None else diff
+    return diff.pow(2).mean().sqrt().item()
+
+
 def resolve_precision(device: torch.device, precision: str) -> str:
     """``auto`` is bf16 on a CUDA GPU with bf16 support and fp32 elsewhere (CPUs without bf16
     units run bf16 matmuls an order of magnitude slower than fp32)."""
@@ -257,7 +320,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
             log.write(row)
             losses.append(loss)
             if stab.update(s, loss, gnorm):
-                return True
+                return True  # steps after it (pending on GPU) were trained but are not logged
         return False
 
     model.train()
@@ -303,10 +366,14 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
                     row["val_loss_batch_stats"] = vb
                 log.write(row)
                 eval_s += time.perf_counter() - e0
+        else:
+            stab.finish()  # ran to the end: diverged if it ended above the ceiling
         train_s = time.perf_counter() - loop0 - eval_s
     finally:
         model.measure_attention(False)
         log.close()
+    x0, _, mask0 = eval_batches[0]
+    leak = causal_leak(model, x0, mask0, task.vocab_size, autocast) if measure else None
 
     diverged = stab.diverged_step is not None
     finite_vals = [v for _, v in val_losses if math.isfinite(v)]
@@ -321,7 +388,9 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "diverged": diverged,
         "diverged_step": stab.diverged_step,
         "divergence_reason": stab.reason,
-        "steps_done": step if not diverged else stab.diverged_step,
+        "steps_done": len(losses),
+        "unstable_steps": stab.unstable_steps,
+        "max_loss": stab.max_loss,
         "loss_spikes": len(stab.spike_steps),
         "spike_steps": stab.spike_steps,
         "max_grad_norm": max(stab.grad_norms) if stab.grad_norms else None,
@@ -333,6 +402,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "final_val_loss_batch_stats": None if diverged or not val_batch_stats else finite_or_none(val_batch_stats[-1]),
         "bn_eval_gap": (None if diverged or not val_batch_stats or not val_losses
                         else finite_or_none(val_losses[-1][1] - val_batch_stats[-1])),
+        "train_causal_leak": None if leak is None else finite_or_none(leak),
         "grad_norm_init_by_layer": [finite_or_none(g) for g in init_profile],
         "val_losses": [[s, finite_or_none(v)] for s, v in val_losses],
         "tokens_per_s": tokens / train_s if train_s > 0 else None,

@@ -60,6 +60,9 @@ def test_bench_json_is_consistent(tmp_path):
     assert r["peak_gflops"] == r["peak_gflops_fp32"] and r["threads"] == 1
     assert r["measurement_overhead"] == pytest.approx(r["step_ms"] / r["measurements_off"]["step_ms"] - 1)
     assert r["speedup_vs_reference"] == pytest.approx(r["tokens_per_s"] / r["reference"]["tokens_per_s"])
+    # the once-per-run causality probe, priced against a run of the recipe's own length
+    assert r["causal_probe_ms"] > 0 and r["run_steps"] == cfg.train.steps
+    assert r["causal_probe_share"] == pytest.approx(r["causal_probe_ms"] / (r["run_steps"] * r["step_ms"]))
 
 
 def test_bench_table_and_bad_input():

@@ -56,3 +56,13 @@ def test_readme_documents_every_command_and_option_the_cli_has():
     for word in ("report.md", "figures/curves.png", "figures/grad_norm_init.png", "figures/lr_sensitivity.png",
                  "compare_results", "write_report", "diverged_rate", "_mean", "_std", "lr_sensitivity"):
         assert word in readme, word
+
+
+def test_readme_documents_every_summary_field(tiny_base):
+    from normbench.config import from_dict
+    from normbench.trainer import train
+
+    readme = (ROOT / "README.md").read_text()
+    summary = train(from_dict(tiny_base(train={"steps": 2, "eval_every": 2})), threads=1)
+    missing = [k for k in summary if f"`{k}`" not in readme]
+    assert not missing, missing
