@@ -3,7 +3,7 @@
 The Python API (``run_recipe``, ``load_results``, ``train``) is imported lazily so
 that ``normbench --help`` never pays for importing torch.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["run_recipe", "load_results", "train", "load_recipe", "compare_results", "write_report", "__version__"]
 

@@ -99,18 +99,31 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
         force: bool = typer.Option(False, "--force", help="Rerun every run, completed ones included."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun runs that crashed."),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first crashed run."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain line-per-event output, no progress bars.")):
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain line-per-event output, no progress bars."),
+        executor: str = typer.Option("local", "--executor",
+                                     help="local (processes on this machine) or ray (one Ray task per run; needs "
+                                          "the ray extra)."),
+        address: Optional[str] = typer.Option(None, "--address",
+                                              help="Ray only: auto or ray://HOST:PORT joins a cluster; default: a "
+                                                   "local Ray instance for this sweep."),
+        cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray only: CPUs each run asks for (and its "
+                                                                        "torch threads unless --threads)."),
+        gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray only: GPUs each run asks for; a "
+                                                                        "fraction shares a GPU (0.25: four runs)."),
+        retries: int = typer.Option(0, "--retries", help="Ray only: rerun a run whose worker died (killed, out of "
+                                                         "memory, node lost) up to N times.")):
     """Train every run of a recipe (resuming: completed runs are kept) and print the results.
 
     Exit code 0 when every run completed (diverged counts as completed), 1 when some crashed,
     2 for bad input, 130 when interrupted.
     """
-    from .sweep import causality_warning, execute, make_plan
+    from .sweep import causality_warning, execute, executor_options, make_plan
     from .display import make_reporter
     from . import store
 
     try:
         rec = _load(recipe, set_, device)
+        options = executor_options(executor, address, cpus_per_run, gpus_per_run, retries)
         plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
         if (leak := causality_warning(rec)) and plan.todo:
             err_console.print(f"warning: {leak}", markup=False, soft_wrap=True)
@@ -118,7 +131,8 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
             out_console.print(_plan_table(plan))
             return
         outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
-                          reporter=make_reporter(quiet=quiet, console=out_console))
+                          reporter=make_reporter(quiet=quiet, console=out_console),
+                          executor=executor, executor_options=options)
     except NormbenchError as e:
         fail(e)
     if not outcome.interrupted:

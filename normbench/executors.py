@@ -1,9 +1,25 @@
-"""Running runs: each in its own process, N at a time, on this machine.
+"""Executors run runs. One small interface, shared by every engine:
 
-Why processes: a crash or an out-of-memory kill takes one run down, not the
-sweep; and tiny models run faster as several single-threaded processes than as
-one multi-threaded one. Children start from a forkserver that has already
-imported torch (Linux), so starting a run costs milliseconds, not seconds.
+    executor.run(tasks, stop) -> Iterator[Event];  executor.terminate()
+
+A task is ``(run_dir, cfg_dict)``: a run spec in. Out come events: ``start`` (the run began,
+on a worker), ``progress`` (step, loss, tokens/s; at most every 0.25 s) and ``end``, with the
+run's *record* when the executor returns one: ``{"summary": dict | None, "metrics": str,
+"error": str | None}``, which the driver writes into ``run_dir`` (``store.write_record``).
+``end`` without a record means the worker wrote the folder itself. ``stop()`` true: submit no
+more. ``terminate()`` stops what runs (Ctrl-C); their folders stay incomplete, so the next
+``run`` redoes them.
+
+``LocalExecutor`` (here) runs each run in its own process on this machine and lets the child
+write its folder: it shares the driver's filesystem, metrics.jsonl then grows on disk as the
+run trains (``compare`` and the curves see a running sweep; a kill -9 leaves the log so far),
+and nothing is copied through a pipe. ``RayExecutor`` (``ray_executor.py``) returns records,
+because a cluster's workers need not share a filesystem with the driver.
+
+Why processes: a crash or an out-of-memory kill takes one run down, not the sweep; and tiny
+models run faster as several single-threaded processes than as one multi-threaded one.
+Children start from a forkserver that has already imported torch (Linux), so starting a run
+costs milliseconds, not seconds.
 """
 from __future__ import annotations
 
@@ -19,7 +35,7 @@ import traceback
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 PROGRESS_INTERVAL_S = 0.25
 
@@ -51,11 +67,33 @@ def plan_parallelism(n_runs: int, jobs: int | None, threads: int | None, gpu: bo
 @dataclass
 class Event:
     kind: str  # "start" | "progress" | "end"
-    index: int
+    index: int  # the task's position in the list given to run()
     step: int = 0
     loss: float = float("nan")
     tokens_per_s: float = 0.0
-    exitcode: int | None = None
+    exitcode: int | None = None  # end: the process's exit code, where the executor knows it
+    record: dict | None = None  # end: the run record, when the executor returns one (not written yet)
+    pid: int | None = None  # start: the process running the run
+
+
+class Executor(Protocol):
+    jobs: int
+    threads: int | None
+
+    def open(self) -> None: ...  # connect or start up; bad input raises NormbenchError
+
+    def run(self, tasks: list[tuple[str, dict]], stop: Callable[[], bool] = ...) -> Iterator[Event]: ...
+
+    def terminate(self) -> None: ...
+
+
+def make_executor(name: str, jobs: int, threads: int | None, **options) -> Executor:
+    """``local`` or ``ray`` (options: address, cpus_per_run, gpus_per_run, retries)."""
+    if name == "local":
+        return LocalExecutor(jobs, threads)
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(jobs, threads, **options)
 
 
 def _watch_parent(conn) -> None:
@@ -121,6 +159,9 @@ class LocalExecutor:
         self.ctx = _context()
         self.active: dict[int, tuple] = {}
 
+    def open(self) -> None:
+        pass  # the forkserver starts with the first run
+
     def run(self, tasks: list[tuple[str, dict]], stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
         events = self.ctx.Queue()
         todo = list(enumerate(tasks))
@@ -135,7 +176,7 @@ class LocalExecutor:
                         p.start()
                     recv.close()
                     self.active[i] = (p, send)
-                    yield Event("start", i)
+                    yield Event("start", i, pid=p.pid)
                 try:
                     ev = events.get(timeout=0.1)
                     if ev.index in self.active:

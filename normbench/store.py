@@ -81,6 +81,18 @@ def write_error(run_dir: Path, text: str) -> None:
     write_atomic(Path(run_dir) / ERROR, text)
 
 
+def write_record(run_dir: Path, record: dict) -> None:
+    """A run record returned by a remote worker: metrics.jsonl, then summary.json last (its presence
+    means complete), or error.txt. The same files a local child writes."""
+    run_dir = Path(run_dir)
+    if record.get("metrics") is not None:
+        write_atomic(run_dir / METRICS, record["metrics"])
+    if record.get("summary") is not None and not record.get("error"):
+        write_summary(run_dir, record["summary"])
+    else:
+        write_error(run_dir, record.get("error") or "the worker returned no summary\n")
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():

@@ -9,7 +9,7 @@ from . import store
 from .config import LEAKY_NORMS
 from .display import make_reporter
 from .errors import NormbenchError
-from .executors import LocalExecutor, plan_parallelism
+from .executors import make_executor, plan_parallelism
 from .recipe import Recipe, RunSpec, load_recipe
 
 
@@ -71,29 +71,40 @@ class Outcome:
 
 
 def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fail_fast: bool = False,
-            reporter=None) -> Outcome:
+            reporter=None, executor: str = "local", executor_options: dict | None = None) -> Outcome:
+    """Run the plan's runs with the ``local`` or ``ray`` executor (options: address, cpus_per_run,
+    gpus_per_run, retries) and index them; the driver alone decides what runs and writes records."""
     recipe, t0 = plan.recipe, time.perf_counter()
+    options = executor_options or {}
     reporter = reporter or make_reporter(quiet=True)
     with store.Lock(plan.recipe_dir):
         # plan again under the lock: another process may have finished runs meanwhile
         plan = make_plan(recipe, plan.recipe_dir.parent, plan.force, plan.retry_failed)
-        gpu = any(r.cfg.device in ("auto", "cuda") for r in plan.todo) and _cuda_available()
-        if not gpu and any(r.cfg.device == "cuda" for r in plan.todo):
-            raise NormbenchError("is cuda but torch sees no CUDA device here; use auto or cpu", key="device")
-        jobs, threads = plan_parallelism(len(plan.todo), jobs, threads, gpu)
+        if executor == "local":
+            gpu = any(r.cfg.device in ("auto", "cuda") for r in plan.todo) and _cuda_available()
+            if not gpu and any(r.cfg.device == "cuda" for r in plan.todo):
+                raise NormbenchError("is cuda but torch sees no CUDA device here; use auto or cpu", key="device")
+            jobs, threads = plan_parallelism(len(plan.todo), jobs, threads, gpu)
+        else:  # the cluster's resources decide how many run at once; --jobs caps it
+            jobs = max(1, min(jobs or len(plan.todo), len(plan.todo)))
+            threads = threads or max(1, int(options.get("cpus_per_run", 1)))
         results = dict(plan.statuses)
         outcome = Outcome(plan, results, jobs=jobs, threads=threads)
+        engine = make_executor(executor, jobs, threads, **options)
+        if plan.todo:
+            engine.open()  # before any folder is touched: an unreachable cluster leaves nothing half-written
         for r in plan.todo:
             results[r.run_id] = "pending"
         tasks = []
         for r in plan.todo:
             store.prepare(plan.recipe_dir / r.run_id, config_recipe(recipe, r))
             tasks.append((str(plan.recipe_dir / r.run_id), r.cfg.to_dict()))
-        executor = LocalExecutor(jobs, threads)
         reporter.begin(recipe, plan, jobs, threads)
         failed = []
         try:
-            for ev in executor.run(tasks, stop=lambda: fail_fast and bool(failed)):
+            if not plan.todo:  # completed runs are skipped before anything is submitted (or Ray started)
+                return outcome
+            for ev in engine.run(tasks, stop=lambda: fail_fast and bool(failed)):
                 spec = plan.todo[ev.index]
                 if ev.kind == "start":
                     reporter.started(spec)
@@ -101,6 +112,8 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
                     reporter.progress(spec, ev.step, ev.loss, ev.tokens_per_s)
                 else:
                     run_dir = plan.recipe_dir / spec.run_id
+                    if ev.record is not None:  # returned by a remote worker: the driver writes it
+                        store.write_record(run_dir, ev.record)
                     st = store.status(run_dir)
                     if st not in store.DONE and st != "crashed":  # killed without a word: OOM, signal
                         how = f"killed by signal {-ev.exitcode}" if (ev.exitcode or 0) < 0 else f"exit code {ev.exitcode}"
@@ -113,7 +126,7 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
                     store.rebuild_index(plan.recipe_dir)
                     reporter.finished(spec, st, run_dir)
         except KeyboardInterrupt:
-            executor.terminate()
+            engine.terminate()
             outcome.interrupted = True
         finally:
             store.rebuild_index(plan.recipe_dir)
@@ -125,6 +138,25 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
     return outcome
 
 
+def executor_options(executor: str, address: str | None, cpus_per_run: float, gpus_per_run: float,
+                     retries: int) -> dict:
+    """Check the executor's options (one line, exit 2 on bad input) and return them for ``execute``."""
+    if executor not in ("local", "ray"):
+        raise NormbenchError(f"expected local or ray, got {executor!r}", key="--executor")
+    if executor == "local":
+        given = [name for name, v, default in (("--address", address, None), ("--cpus-per-run", cpus_per_run, 1),
+                                               ("--gpus-per-run", gpus_per_run, 0), ("--retries", retries, 0))
+                 if v != default]
+        if given:
+            raise NormbenchError(f"{', '.join(given)} only apply to --executor ray", key=given[0])
+        return {}
+    if cpus_per_run <= 0 or gpus_per_run < 0 or retries < 0:
+        raise NormbenchError("expected --cpus-per-run > 0, --gpus-per-run >= 0 and --retries >= 0",
+                             key="--cpus-per-run" if cpus_per_run <= 0 else "--gpus-per-run" if gpus_per_run < 0
+                             else "--retries")
+    return {"address": address, "cpus_per_run": cpus_per_run, "gpus_per_run": gpus_per_run, "retries": retries}
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -133,17 +165,24 @@ def _cuda_available() -> bool:
 
 def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path = "results",
                threads: int | None = None, force: bool = False, retry_failed: bool = False,
-               fail_fast: bool = False, progress: bool = False):
+               fail_fast: bool = False, progress: bool = False, executor: str = "local",
+               address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0, retries: int = 0):
     """Run a recipe (a path or a dict) and return its runs as a pandas DataFrame.
 
     ``overrides`` is a dict of dotted keys or a list of ``"key=value"`` strings,
     as ``--set``. Completed runs are reused (resume). Raises ``NormbenchError``
     on bad input; crashed runs appear in the frame with ``status == "crashed"``.
-    ``progress=True`` prints one line per run as it starts and ends.
+    ``progress=True`` prints one line per run as it starts and ends. ``executor="ray"`` runs each
+    run as a Ray task (``address``: None starts a local Ray instance, ``"auto"`` or
+    ``"ray://host:port"`` joins a cluster; ``cpus_per_run``, ``gpus_per_run``, ``retries``), as
+    ``normbench run --executor ray``.
     """
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
-    outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast, reporter=make_reporter(quiet=True, silent=not progress))
+    outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
+                      reporter=make_reporter(quiet=True, silent=not progress),
+                      executor=executor, executor_options=executor_options(executor, address, cpus_per_run,
+                                                                           gpus_per_run, retries))
     if outcome.interrupted:
         raise KeyboardInterrupt
     df = store.load_results(plan.recipe_dir)

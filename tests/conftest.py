@@ -24,3 +24,14 @@ def tiny(**sections) -> dict:
 @pytest.fixture
 def tiny_base():
     return tiny
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One real local Ray instance for the whole test session (Ray has no local mode any more),
+    with a small object store: run records are small, and CI's /dev/shm may be too."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -c constraints.txt -e '.[ray]')")
+    ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -33,7 +33,7 @@ def test_readme_documents_every_key_command_and_option():
     for word in ("normbench run", "normbench validate", "normbench list", "normbench keys", "--out", "--set",
                  "--device", "--jobs", "--threads", "--dry-run", "--force", "--retry-failed", "--fail-fast",
                  "--quiet", "index.csv", "config.yaml", "metrics.jsonl", "summary.json", "error.txt",
-                 "run_recipe", "load_results", "python -m pytest -q", "pip install -c constraints.txt -e \".[dev]\""):
+                 "run_recipe", "load_results", "python -m pytest -q", "pip install -c constraints.txt -e \".[dev,ray]\""):
         assert word in readme, word
     for path in RECIPES:
         assert f"recipes/{path.name}" in readme, path.name

@@ -1,0 +1,158 @@
+"""Runs on a Ray cluster (or a local Ray instance): one Ray task per run, with its needs declared.
+
+Ray core tasks, not Ray Tune: normbench keeps owning its sweep state and resume (the run
+folders), and Ray only places and runs the tasks. A task trains in a temporary folder on its
+worker and returns the run record (summary, metrics log, error) to the driver, which writes the
+run folder; workers need not share a filesystem with the driver. Progress comes back through a
+``ray.util.queue.Queue`` (an actor). The same interface as ``LocalExecutor`` (executors.py).
+
+Faults: a run that raises is returned as a record with the worker's traceback (a crashed run,
+the sweep goes on); a worker process that dies (killed, out of memory, node lost) is retried by
+Ray up to ``retries`` times, then recorded as crashed; ``terminate()`` cancels every task
+(queued and running, ``force=True`` kills their workers).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import NormbenchError
+from .executors import PROGRESS_INTERVAL_S, Event, cpu_count
+
+# a local instance started for a sweep: a small object store (records are small; /dev/shm may be too)
+LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
+CONNECT_TIMEOUT_S = 5.0
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise NormbenchError("--executor ray needs Ray: pip install -c constraints.txt -e \".[ray]\"",
+                             key="--executor") from None
+    return ray
+
+
+def _train_task(index: int, cfg_dict: dict, threads: int, events) -> dict:
+    """On a worker: train one run in a temporary folder and return its record (never raises)."""
+    events.put_nowait(Event("start", index, pid=os.getpid()))
+    last = [0.0]
+
+    def progress(step, loss, tps):
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S:
+            last[0] = now
+            events.put_nowait(Event("progress", index, step, loss, tps))
+
+    with tempfile.TemporaryDirectory(prefix="normbench-run-") as tmp:
+        try:
+            from .config import from_dict
+            from .trainer import train
+
+            # the thread count set explicitly: Ray sets OMP_NUM_THREADS, and a reused worker keeps
+            # whatever an earlier task set (ray#35937)
+            summary = train(from_dict(cfg_dict), Path(tmp), threads=threads, on_progress=progress)
+            error = None
+        except BaseException:
+            summary, error = None, traceback.format_exc()
+        metrics = Path(tmp, "metrics.jsonl")
+        return {"summary": summary, "metrics": metrics.read_text() if metrics.exists() else None, "error": error}
+
+
+def check_reachable(address: str) -> None:
+    """One line (exit 2) instead of Ray's long retry loop when nothing listens at host:port."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise NormbenchError(f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}", key="--address")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise NormbenchError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
+                             f"`ray start --head` or drop --address for a local instance", key="--address") from None
+
+
+class RayExecutor:
+    """Runs ``(run_dir, cfg_dict)`` tasks as Ray tasks, at most ``jobs`` in flight, yielding Events."""
+
+    def __init__(self, jobs: int, threads: int | None, address: str | None = None, cpus_per_run: float = 1,
+                 gpus_per_run: float = 0, retries: int = 0):
+        self.jobs, self.address = jobs, address
+        self.cpus_per_run, self.gpus_per_run, self.retries = cpus_per_run, gpus_per_run, retries
+        self.threads = threads or max(1, int(cpus_per_run))  # torch threads: --threads, else the run's CPUs
+        self.pending: dict = {}  # object ref -> task index
+        self.started_here = False
+        self.ray = None
+
+    def open(self) -> None:
+        self.ray = self.connect()
+
+    def connect(self):
+        ray = import_ray()
+        if ray.is_initialized():  # a script or a test session that started Ray already
+            return ray
+        if self.address:
+            check_reachable(self.address)
+            try:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError) as e:
+                raise NormbenchError(f"cannot join the Ray cluster at {self.address}: {e}", key="--address") from None
+        else:
+            ray.init(num_cpus=cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+            self.started_here = True
+        return ray
+
+    def run(self, tasks: list[tuple[str, dict]], stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        ray = self.ray or self.connect()
+        from ray.util.queue import Empty, Queue
+
+        self.ray = ray
+        events = Queue(actor_options={"num_cpus": 0})
+        remote = ray.remote(_train_task).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                                                 max_retries=self.retries, retry_exceptions=False)
+        todo = list(enumerate(tasks))
+        try:
+            while (todo and not stop()) or self.pending:
+                while todo and len(self.pending) < self.jobs and not stop():
+                    i, (_, cfg_dict) = todo.pop(0)
+                    self.pending[remote.remote(i, cfg_dict, self.threads, events)] = i
+                done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0.1)
+                while True:
+                    try:
+                        ev = events.get_nowait()
+                    except Empty:
+                        break
+                    if ev.index in self.pending.values():
+                        yield ev
+                for ref in done:
+                    i = self.pending.pop(ref)
+                    yield Event("end", i, record=self._record(ref))
+        finally:
+            self.terminate()
+            ray.kill(events.actor)
+            if self.started_here:
+                ray.shutdown()
+
+    def _record(self, ref) -> dict:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:  # the worker died: killed, out of memory, node lost
+            return {"summary": None, "metrics": None,
+                    "error": f"the Ray worker running this run died (tried {self.retries + 1} time(s); --retries N "
+                             f"retries such runs): {type(e).__name__}: {e}\n"}
+
+    def terminate(self) -> None:
+        """Cancel every task, queued or running (their workers are killed)."""
+        if self.ray is None:
+            return
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)  # a finished task ignores it
+        self.pending.clear()

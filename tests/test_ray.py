@@ -1,0 +1,160 @@
+"""The Ray executor on a real local Ray instance: the same results as the local executor, crashes,
+a killed worker (recorded or retried), Ctrl-C and resume, an unreachable cluster."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+import normbench
+from normbench import store
+from normbench.config import from_dict
+from normbench.recipe import load_recipe
+from normbench.sweep import execute, make_plan
+from conftest import tiny
+
+
+def write_recipe(tmp_path, recipe):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    return p
+
+
+def losses(run_dir):
+    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+class Reporter:
+    """A reporter that records what happened and can act on it (kill a worker, press Ctrl-C)."""
+
+    def __init__(self, on_started=None, on_finished=None):
+        self.started_ids, self.finished_ids = [], []
+        self.on_started, self.on_finished = on_started, on_finished
+
+    def begin(self, *a): ...
+    def progress(self, *a): ...
+    def end(self, *a): ...
+
+    def started(self, spec):
+        self.started_ids.append(spec.run_id)
+        if self.on_started:
+            self.on_started(spec)
+
+    def finished(self, spec, status, run_dir):
+        self.finished_ids.append((spec.run_id, status))
+        if self.on_finished:
+            self.on_finished(spec, status)
+
+
+def test_a_ray_sweep_gives_the_local_executors_results_in_the_same_layout(tmp_path, ray_instance):
+    recipe = {"name": "s", "base": tiny(), "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}}}
+    p = write_recipe(tmp_path, recipe)
+    local = normbench.run_recipe(p, out=tmp_path / "local", threads=1)
+    remote = normbench.run_recipe(p, out=tmp_path / "ray", threads=1, executor="ray")
+    assert list(local["run_id"]) == list(remote["run_id"]) and set(remote["status"]) == {"completed"}
+    # the same thread count on the same CPU: bit-identical training
+    assert list(local["final_val_loss"]) == list(remote["final_val_loss"])
+    for rid in local["run_id"]:
+        a, b = tmp_path / "local" / "s" / rid, tmp_path / "ray" / "s" / rid
+        assert sorted(x.name for x in a.iterdir()) == sorted(x.name for x in b.iterdir())
+        assert losses(a) == losses(b) and len(losses(b)) == 12
+        assert json.loads((b / "summary.json").read_text())["threads"] == 1
+    assert (tmp_path / "ray" / "s" / "index.csv").exists()
+    # completed runs are skipped before anything is submitted
+    again = Reporter()
+    execute(make_plan(load_recipe(p), tmp_path / "ray"), executor="ray", reporter=again)
+    assert again.started_ids == []
+
+
+def test_a_run_that_raises_on_a_worker_is_a_crashed_run_with_its_traceback(tmp_path, ray_instance):
+    (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
+    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}),
+              "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}}}
+    df = normbench.run_recipe(write_recipe(tmp_path, recipe), out=tmp_path / "res", executor="ray")
+    st = df.set_index("data.path")["status"]
+    assert st[str(tmp_path / "good.txt")] == "completed" and st[str(tmp_path / "bad.txt")] == "crashed"
+    (crashed,) = [d for d in (tmp_path / "res" / "c").iterdir() if store.status(d) == "crashed"]
+    text = (crashed / "error.txt").read_text()
+    assert "Traceback" in text and "cannot read a UTF-8 text file" in text
+
+
+def kill_worker_once(killed):
+    def on_started(spec):
+        if not killed:
+            pid = pid_of_newest_run()
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return on_started
+
+
+def pid_of_newest_run():
+    """The worker process training a run: the Ray worker whose task is _train_task."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    pids = [int(l.split()[0]) for l in out.splitlines() if "ray::_train_task" in l]
+    assert pids, out
+    return pids[-1]
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_killed_worker_is_a_crashed_run_or_is_retried(tmp_path, ray_instance, retries):
+    recipe = {"name": "k", "base": tiny(train={"steps": 300, "eval_every": 300})}
+    p = write_recipe(tmp_path, recipe)
+    killed = []
+    rep = Reporter(on_started=kill_worker_once(killed))
+    outcome = execute(make_plan(load_recipe(p), tmp_path / "res"), executor="ray", reporter=rep,
+                      executor_options={"retries": retries})
+    assert killed
+    (run_dir,) = [d for d in (tmp_path / "res" / "k").iterdir() if d.is_dir()]
+    if retries:
+        assert outcome.exit_code == 0 and store.status(run_dir) == "completed"
+        assert len(losses(run_dir)) == 300  # the retry trained from the start, in full
+    else:
+        assert outcome.exit_code == 1 and store.status(run_dir) == "crashed"
+        assert "worker running this run died" in (run_dir / "error.txt").read_text()
+        assert not (run_dir / "summary.json").exists()
+
+
+def test_ctrl_c_cancels_the_ray_sweep_and_the_next_run_redoes_only_what_is_left(tmp_path, ray_instance):
+    recipe = {"name": "i", "base": tiny(), "sweep": {"seeds": 4}}
+    p = write_recipe(tmp_path, recipe)
+
+    def interrupt(spec, status):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+
+    first = Reporter(on_finished=interrupt)
+    outcome = execute(make_plan(load_recipe(p), tmp_path / "res"), executor="ray", jobs=1, reporter=first)
+    assert outcome.interrupted and outcome.exit_code == 130
+    done = {d.name: (d / "summary.json").stat().st_mtime_ns for d in (tmp_path / "res" / "i").iterdir()
+            if (d / "summary.json").exists()}
+    assert len(done) == 1
+    second = Reporter()
+    execute(make_plan(load_recipe(p), tmp_path / "res"), executor="ray", reporter=second)
+    assert len(second.started_ids) == 3 and not set(second.started_ids) & set(done)
+    for rid, mtime in done.items():
+        assert (tmp_path / "res" / "i" / rid / "summary.json").stat().st_mtime_ns == mtime
+    assert (pd.read_csv(tmp_path / "res" / "i" / "index.csv")["status"] == "completed").all()
+
+
+def test_an_unreachable_cluster_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    p = write_recipe(tmp_path, {"name": "u", "base": tiny()})
+    res = subprocess.run([sys.executable, "-m", "normbench", "run", str(p), "--out", str(tmp_path / "res"),
+                          "--executor", "ray", "--address", "127.0.0.1:1"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "--address" in res.stderr and "cannot reach" in res.stderr
+    assert not list((tmp_path / "res").rglob("config.yaml"))
+
+
+def test_ray_options_are_refused_with_the_local_executor(tmp_path):
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    p = write_recipe(tmp_path, {"name": "o", "base": tiny()})
+    res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "res"), "--retries", "2"])
+    assert res.exit_code == 2 and "--retries" in res.output and "--executor ray" in res.output
