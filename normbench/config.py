@@ -84,7 +84,7 @@ class ModelConfig:
         None, "std of the N(0, std) init of the token and position embeddings; null: the convention's own, "
         "0.02 with embed_scale none (GPT-2), d_model^-1/2 otherwise (fairseq)", min=0.0, min_open=True)
     init: Literal["xavier", "gpt2", "torch"] = opt(
-        "xavier", "linear-weight init: xavier (Xavier-normal, zero biases; fairseq, DeepNet), gpt2 (N(0,0.02), "
+        "torch", "linear-weight init: xavier (Xavier-normal, zero biases; fairseq, DeepNet), gpt2 (N(0,0.02), "
         "residual projections scaled by 1/sqrt(2N), zero biases) or torch (PyTorch's nn.Linear default: "
         "uniform, std 1/sqrt(3*fan_in), biases too)")
     head_std: Optional[float] = opt(
