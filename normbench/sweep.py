@@ -39,7 +39,7 @@ def causality_warning(recipe: Recipe) -> str | None:
     if not leaky:
         return None
     n = sum(r.cfg.model.norm in LEAKY_NORMS for r in recipe.runs)
-    return (f"{n} run(s) use {', '.join(leaky)}: in training its batch statistics let a token see later tokens, "
+    return (f"{n} run(s) use {', '.join(leaky)}: in training their batch statistics let a token see later tokens, "
             f"so the training loss is optimistic (train_causal_leak > 0); judge by the eval-mode val loss, "
             f"or compare batchnorm_causal")
 

@@ -162,3 +162,28 @@ def test_dyt_trains_with_every_other_key_at_its_default():
         final({"norm": "layernorm"})
     assert dyt < old - 0.25, (dyt, old)
     assert dyt < ln + 0.2, (dyt, ln)
+
+
+def test_run_warns_about_leaky_norms_and_compare_shows_the_leak_with_a_note(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    import normbench
+    from normbench.cli import app
+
+    base = {"model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64}, "data": {"seq_len": 16, "max_chars": 20000},
+            "train": {"steps": 3, "batch_size": 4, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
+            "device": "cpu"}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "leak", "base": base,
+                                 "sweep": {"grid": {"model.norm": ["layernorm", "batchnorm"]}}}))
+    res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "res"), "--dry-run"])
+    assert res.exit_code == 0 and "warning: 1 run(s) use batchnorm" in res.output
+    q = tmp_path / "q.yaml"
+    q.write_text(yaml.safe_dump({"name": "clean", "base": base}))
+    assert "warning" not in CliRunner().invoke(app, ["run", str(q), "--out", str(tmp_path / "res"), "--dry-run"]).output
+    normbench.run_recipe(p, out=tmp_path / "res", jobs=1)
+    c = normbench.compare_results([tmp_path / "res" / "leak"])
+    leak = c.table.set_index("model.norm")["train_causal_leak_mean"]
+    assert leak["batchnorm"] > 1e-3 and leak["layernorm"] < 1e-6
+    assert any("causal leak" in n and "optimistic" in n for n in c.notes)
