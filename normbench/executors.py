@@ -96,6 +96,19 @@ def make_executor(name: str, jobs: int, threads: int | None, **options) -> Execu
     return RayExecutor(jobs, threads, **options)
 
 
+def throttled_progress(index: int, send: Callable[[Event], None]) -> Callable[[int, float, float], None]:
+    """``train``'s on_progress for a worker: a progress Event at most every PROGRESS_INTERVAL_S."""
+    last = [0.0]
+
+    def progress(step, loss, tps):
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S:
+            last[0] = now
+            send(Event("progress", index, step, loss, tps))
+
+    return progress
+
+
 def _watch_parent(conn) -> None:
     """Exit when the parent dies (kill -9 included): its end of the pipe closes."""
     try:
@@ -112,16 +125,9 @@ def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, paren
     from .config import from_dict
     from .trainer import train
 
-    last = [0.0]
-
-    def progress(step, loss, tps):
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_INTERVAL_S:
-            last[0] = now
-            events.put(Event("progress", index, step, loss, tps))
-
     try:
-        summary = train(from_dict(cfg_dict), Path(run_dir), threads=threads, on_progress=progress)
+        summary = train(from_dict(cfg_dict), Path(run_dir), threads=threads,
+                        on_progress=throttled_progress(index, events.put))
         store.write_summary(Path(run_dir), summary)
     except BaseException:
         store.write_error(Path(run_dir), traceback.format_exc())

@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import time
 import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import NormbenchError
-from .executors import PROGRESS_INTERVAL_S, Event, cpu_count
+from .executors import Event, cpu_count, throttled_progress
 
 # a local instance started for a sweep: a small object store (records are small; /dev/shm may be too)
 LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
@@ -41,13 +40,7 @@ def import_ray():
 def _train_task(index: int, cfg_dict: dict, threads: int, events) -> dict:
     """On a worker: train one run in a temporary folder and return its record (never raises)."""
     events.put_nowait(Event("start", index, pid=os.getpid()))
-    last = [0.0]
-
-    def progress(step, loss, tps):
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_INTERVAL_S:
-            last[0] = now
-            events.put_nowait(Event("progress", index, step, loss, tps))
+    progress = throttled_progress(index, events.put_nowait)
 
     with tempfile.TemporaryDirectory(prefix="normbench-run-") as tmp:
         try:

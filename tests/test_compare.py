@@ -223,7 +223,8 @@ def test_compare_plot_draws_curves(sweep, tmp_path):
 def test_crashed_and_unfinished_runs_are_noted_and_the_rest_compared(tmp_path, monkeypatch):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
     (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    recipe = {"name": "mixed", "base": tiny(data={"task": "text", "path": "good.txt", "max_chars": 10000}),
+    recipe = {"name": "mixed", "base": tiny(data={"task": "text", "path": "good.txt", "max_chars": 10000},
+                                            train={"steps": 40, "lr": 3e-3, "eval_every": 40}),
               "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}, "seeds": 2}}
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump(recipe))

@@ -73,7 +73,7 @@ def test_a_ray_sweep_gives_the_local_executors_results_in_the_same_layout(tmp_pa
 def test_a_run_that_raises_on_a_worker_is_a_crashed_run_with_its_traceback(tmp_path, ray_instance):
     (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
-    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}),
+    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}, train={"steps": 40, "lr": 3e-3, "eval_every": 40}),
               "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}}}
     df = normbench.run_recipe(write_recipe(tmp_path, recipe), out=tmp_path / "res", executor="ray")
     st = df.set_index("data.path")["status"]
@@ -102,7 +102,7 @@ def pid_of_newest_run():
 
 @pytest.mark.parametrize("retries", [0, 1])
 def test_a_killed_worker_is_a_crashed_run_or_is_retried(tmp_path, ray_instance, retries):
-    recipe = {"name": "k", "base": tiny(train={"steps": 300, "eval_every": 300})}
+    recipe = {"name": "k", "base": tiny(train={"steps": 200, "eval_every": 200})}
     p = write_recipe(tmp_path, recipe)
     killed = []
     rep = Reporter(on_started=kill_worker_once(killed))
@@ -112,7 +112,7 @@ def test_a_killed_worker_is_a_crashed_run_or_is_retried(tmp_path, ray_instance, 
     (run_dir,) = [d for d in (tmp_path / "res" / "k").iterdir() if d.is_dir()]
     if retries:
         assert outcome.exit_code == 0 and store.status(run_dir) == "completed"
-        assert len(losses(run_dir)) == 300  # the retry trained from the start, in full
+        assert len(losses(run_dir)) == 200  # the retry trained from the start, in full
     else:
         assert outcome.exit_code == 1 and store.status(run_dir) == "crashed"
         assert "worker running this run died" in (run_dir / "error.txt").read_text()

@@ -55,7 +55,7 @@ def test_killed_sweep_resumes_without_redoing_completed_runs(tmp_path):
 def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path):
     (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
-    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}),
+    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}, train={"steps": 40, "lr": 3e-3, "eval_every": 40}),
               "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}}}
     p, out = write_recipe(tmp_path, recipe), tmp_path / "res"
     res = runner.invoke(app, ["run", str(p), "--out", str(out), "-q"])
