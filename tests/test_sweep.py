@@ -125,8 +125,11 @@ def test_second_process_is_refused_while_the_folder_is_locked(tmp_path):
 
 def test_ctrl_c_stops_cleanly(tmp_path):
     p = write_recipe(tmp_path, {"name": "i", "base": tiny(train={"steps": 5000})})
+    # SIGINT at its default in the child, as in a terminal: a test run started in the background
+    # of a non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "normbench", "run", str(p), "--out", str(tmp_path / "res"), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "res" / "i").glob("*/metrics.jsonl")):
         time.sleep(0.05)
