@@ -39,8 +39,11 @@ def import_ray():
 
 def _train_task(index: int, cfg_dict: dict, threads: int, events) -> dict:
     """On a worker: train one run in a temporary folder and return its record (never raises)."""
-    events.put_nowait(Event("start", index, pid=os.getpid()))
-    progress = throttled_progress(index, events.put_nowait)
+    # fire and forget: Queue.put_nowait would block in ray.get, and a task blocked in ray.get lends
+    # its CPUs to the next queued task, so more runs than CPUs would train at once
+    send = events.actor.put_nowait.remote
+    send(Event("start", index, pid=os.getpid()))
+    progress = throttled_progress(index, send)
 
     with tempfile.TemporaryDirectory(prefix="normbench-run-") as tmp:
         try:
