@@ -1,11 +1,12 @@
 """normbench: normalization ablations for tiny Transformers.
 
-The Python API (``run_recipe``, ``load_results``, ``train``) is imported lazily so
+The Python API (``run_recipe``, ``load_results``, ``load_curves``, ``train``, ...) is imported lazily so
 that ``normbench --help`` never pays for importing torch.
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
-__all__ = ["run_recipe", "load_results", "train", "load_recipe", "compare_results", "write_report", "__version__"]
+__all__ = ["run_recipe", "load_results", "load_curves", "train", "load_recipe", "compare_results", "write_report",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -15,6 +16,9 @@ def __getattr__(name):
     if name == "load_results":
         from .store import load_results
         return load_results
+    if name == "load_curves":
+        from .curves import load_curves
+        return load_curves
     if name == "load_recipe":
         from .recipe import load_recipe
         return load_recipe

@@ -1,7 +1,9 @@
 """``normbench bench``: training throughput, model FLOPs utilisation, the price of the
 stability measurements, and a plain-PyTorch reference of the same shapes, side by side.
 
-Three variants are timed in one process, interleaved round by round (each round starting
+The timed steps are rounded up to whole measurement periods (``train.measure_every``), so
+the periodic probes are priced at their real rate however short the window. Three variants
+are timed in one process, interleaved round by round (each round starting
 with another) so that a noisy machine hurts them alike. Each is summarised by the median
 over rounds of the round's mean step time: a mean, so that a probe taken one step in ten
 is paid in full, and a median over rounds, so that one disturbed round does not decide:
@@ -171,6 +173,10 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
     run_steps = cfg.train.steps  # a real run's length, to price the probe taken once per run
+    # whole measurement periods: the attention-logit and model-update probes come once every
+    # train.measure_every steps, and any window of k periods holds exactly k of them
+    steps_requested, period = steps, cfg.train.measure_every
+    steps = math.ceil(steps / period) * period
     total = warmup + steps
     # no evaluation inside the timed window: the only one comes after the last step
     cfg = replace(cfg, train=replace(cfg.train, steps=total, eval_every=total, eval_batches=1))
@@ -235,7 +241,8 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         "shape": {"layers": cfg.model.layers, "d_model": cfg.model.d_model, "heads": cfg.model.heads,
                   "d_ff": cfg.model.d_ff, "seq_len": cfg.data.seq_len, "batch_size": cfg.train.batch_size,
                   "vocab_size": task.vocab_size, "norm": cfg.model.norm, "placement": cfg.model.placement},
-        "steps": steps, "warmup": warmup, "rounds": rounds,
+        "steps": steps, "steps_requested": steps_requested, "measure_every": period, "warmup": warmup,
+        "rounds": rounds,
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     out["causal_probe_ms"] = causal_probe_ms(cfg, task, device)

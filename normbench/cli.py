@@ -5,27 +5,65 @@ torch is imported only by commands that train, so ``--help`` and ``list`` are in
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from .errors import NormbenchError
 
+def _flag_type(original):
+    """typer 0.29 shows a flag as if it took a value (``--force <bool>``, ``--help <bool>``): no type for flags."""
+    return lambda self, ctx: None if getattr(self, "is_flag", False) else original(self, ctx)
+
+
+if hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _flag_type(typer.core.TyperOption.display_type_rich)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Normalization ablations for tiny Transformers: train, measure stability, compare.")
-# piped output gets a wide table rather than rich's 80-column default
-out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+PIPED_WIDTH = 160  # piped output gets a wide table rather than rich's 80-column default
+
+
+def table_width() -> int:
+    """Columns for tables: $COLUMNS when set, else the terminal's width, else PIPED_WIDTH."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    return shutil.get_terminal_size((PIPED_WIDTH, 24)).columns if sys.stdout.isatty() else PIPED_WIDTH
+
+
+out_console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 err_console = Console(stderr=True, highlight=False)
 
 
 def fail(err: NormbenchError | str, code: int = 2) -> None:
-    err_console.print(f"normbench: error: {err}", markup=False, soft_wrap=True)
+    """One line per problem on stderr (a recipe with several mistakes lists them all), then exit."""
+    for e in getattr(err, "errors", None) or [err]:
+        err_console.print(f"normbench: error: {e}", markup=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out_console.print(f"normbench {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Normalization ablations for tiny Transformers: train, measure stability, compare."""
 
 
 SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
@@ -115,9 +153,10 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
     """Train every run of a recipe (resuming: completed runs are kept) and print the results.
 
     Exit code 0 when every run completed (diverged counts as completed), 1 when some crashed,
-    2 for bad input, 130 when interrupted.
+    2 for bad input, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM, as from a scheduler
+    or `timeout`); either way the runs in flight are stopped and the next `run` redoes them.
     """
-    from .sweep import causality_warning, execute, executor_options, make_plan
+    from .sweep import execute, executor_options, make_plan, recipe_warnings
     from .display import make_reporter
     from . import store
 
@@ -125,8 +164,8 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
         rec = _load(recipe, set_, device)
         options = executor_options(executor, address, cpus_per_run, gpus_per_run, retries)
         plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
-        if (leak := causality_warning(rec)) and plan.todo:
-            err_console.print(f"warning: {leak}", markup=False, soft_wrap=True)
+        for text in recipe_warnings(rec) if plan.todo or dry_run else []:
+            err_console.print(f"warning: {text}", markup=False, soft_wrap=True)
         if dry_run:
             out_console.print(_plan_table(plan))
             return
@@ -150,12 +189,14 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_d
              set_: Optional[List[str]] = SetOpt,
              out: Path = typer.Option(Path("results"), "--out", help="Results folder, to show each run's status.")):
     """Check a recipe and print its expanded runs (same as run --dry-run)."""
-    from .sweep import make_plan
+    from .sweep import make_plan, recipe_warnings
 
     try:
         plan = make_plan(_load(recipe, set_, None), out)
     except NormbenchError as e:
         fail(e)
+    for text in recipe_warnings(plan.recipe):
+        err_console.print(f"warning: {text}", markup=False, soft_wrap=True)
     out_console.print(_plan_table(plan))
 
 
@@ -173,25 +214,53 @@ FilterOpt = typer.Option(None, "--filter", metavar="KEY=VALUE",
                               "matches 0.001.")
 
 
-def _compare(results, by, metric, filters):
+PoolOpt = typer.Option(False, "--pool", help="Average over keys that vary but are not in --by (refused without "
+                                           "it: runs that differ in a key are different experiments).")
+
+
+def _compare(results, by, metric, filters, pool=False):
     from .compare import compare as do_compare
 
-    return do_compare(results or [Path("results")], by=by, metric=metric, filters=filters)
+    return do_compare(results or [Path("results")], by=by, metric=metric, filters=filters, pool=pool)
 
 
-def _rich_compare(c) -> Table:
+def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
+    """The comparison as a rich table that fits ``width``: the columns naming each row (the factors,
+    n, diverged) and the ranking metric are never cut; the other metric columns are left out from
+    the right until the table fits. Returns the table and the titles left out."""
     from .compare import display_rows, legend
 
     header, rows = display_rows(c)
-    what = f"compare {c.recipe}" if c.recipe else "compare"
-    table = Table(title=f"{what}: {len(c.runs)} runs, grouped by {', '.join(c.by) or 'nothing'}",
-                  title_justify="left", caption=legend(c), caption_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    for i, h in enumerate(header):
-        table.add_column(h, no_wrap=True, justify="left" if i < len(c.by) else "right")
-    for i, r in enumerate(rows):
-        table.add_row(*r, style="bold green" if i == c.best else ("red" if "diverged" in r else None))
-    return table
+    fixed = len(c.by) + 2  # factors, n, diverged
+    keep_always = set(range(fixed)) | {fixed + c.metrics.index(c.metric)}
+    cols = list(range(len(header)))
+    probe = Console(width=100_000, file=io.StringIO())
+
+    def build(cols: list[int], caption: bool) -> Table:
+        what = f"compare {c.recipe}" if c.recipe else "compare"
+        table = Table(title=f"{what}: {len(c.runs)} runs, grouped by {', '.join(c.by) or 'nothing'}",
+                      title_justify="left", caption=legend(c) if caption else None, caption_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for i in cols:
+            table.add_column(header[i], no_wrap=True, justify="left" if i < len(c.by) else "right")
+        for i, r in enumerate(rows):
+            table.add_row(*[r[j] for j in cols], style="bold green" if i == c.best else
+                          ("red" if r[len(c.by) + 1].split("/")[0] == r[len(c.by)] else None))
+        return table
+
+    def rendered_width(table: Table) -> int:
+        with probe.capture() as cap:
+            probe.print(table)
+        return max(len(line.rstrip()) for line in cap.get().splitlines() if line.strip())
+
+    dropped = []
+    while rendered_width(build(cols, False)) > width:
+        optional = [i for i in cols if i not in keep_always]
+        if not optional:
+            break
+        cols.remove(optional[-1])
+        dropped.insert(0, header[optional[-1]])
+    return build(cols, True), dropped
 
 
 def _rich_sensitivity(c) -> Table:
@@ -212,13 +281,15 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
                                                                        "parent of several). Default: results/.",
                                                             show_default=False),
             by: Optional[str] = ByOpt, metric: str = MetricOpt, filter_: Optional[List[str]] = FilterOpt,
+            pool: bool = PoolOpt,
             format_: Optional[str] = typer.Option(None, "--format", help="table, csv, markdown or json. "
                                                   "Default: from --output's suffix, else table."),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead "
                                                   "of the terminal."),
             plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the training curves "
-                                                "(loss, validation loss, gradient norm) to this PNG; with "
-                                                "several recipes, one file each: FILE_<recipe>.png.")):
+                                                "(loss, validation loss, gradient norm, ...) to this file: .png, "
+                                                ".pdf or .svg by its suffix; with several recipes, one file each: "
+                                                "FILE_<recipe>.png.")):
     """Compare finished runs: group by the factors that vary, mean ± std over seeds, rank.
 
     Diverged runs are counted (diverged column), never averaged in. Crashed or unfinished runs
@@ -237,13 +308,17 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
         if path is not None and path.is_dir():
             fail(NormbenchError("is a folder; expected a file name", file=str(path)))
     try:
-        c = _compare(results, by, metric, filter_)
+        c = _compare(results, by, metric, filter_, pool)
     except NormbenchError as e:
         fail(e)
     if fmt == "table":
         console = out_console if output is None else Console(file=io.StringIO(), width=160, highlight=False)
         for part in c.per_recipe():  # several recipes, factors detected: one table each
-            console.print(_rich_compare(part))
+            table, dropped = _rich_compare(part, table_width() if output is None else 160)
+            console.print(table)
+            if dropped:
+                console.print(f"note: left out for width: {', '.join(dropped)} (a wider terminal, or --format "
+                              "csv, markdown or json, shows every column)", markup=False, style="yellow")
             if part.sensitivity is not None:
                 console.print(_rich_sensitivity(part))
         for note in c.notes:
@@ -285,7 +360,11 @@ def _write_output(path: Path, text: str | None, draw=None) -> None:
 @app.command()
 def report(results: Path = typer.Argument(..., help="Results folder; report.md and figures/ are written into it.",
                                           show_default=False),
-           by: Optional[str] = ByOpt, metric: str = MetricOpt, filter_: Optional[List[str]] = FilterOpt):
+           by: Optional[str] = ByOpt, metric: str = MetricOpt, filter_: Optional[List[str]] = FilterOpt,
+           pool: bool = PoolOpt,
+           formats: Optional[str] = typer.Option(None, "--formats", metavar="png,pdf,svg",
+                                                 help="Also write the figures in these formats (comma-separated; "
+                                                      "the report links the PNGs). Default: png only.")):
     """Write RESULTS/report.md with the comparison table, curves, the per-layer gradient norm at
     initialisation, LR sensitivity (when train.lr varies) and the diverged runs, plus its PNG figures.
 
@@ -294,13 +373,15 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
     from .report import write_report
 
     try:
-        c = _compare([results], by, metric, filter_)
+        extra = _figure_formats(formats)
+        c = _compare([results], by, metric, filter_, pool)
         import shlex
 
         command = shlex.join(["normbench", "report", str(results)]
                              + (["--by", by] if by else []) + (["--metric", metric] if metric != "final_val_loss" else [])
-                             + [a for f in filter_ or [] for a in ("--filter", f)])
-        path = _write_report(write_report, c, results, command)
+                             + [a for f in filter_ or [] for a in ("--filter", f)] + (["--pool"] if pool else [])
+                             + (["--formats", formats] if formats else []))
+        path = _write_report(write_report, c, results, command, extra)
     except NormbenchError as e:
         fail(e)
     parts = c.per_recipe()
@@ -311,14 +392,23 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
         for part in parts:
             out_console.print(f"  {report_home(part, results) / 'report.md'}", markup=False)
         return
-    figs = sorted(p.name for p in (results / "figures").glob("*.png"))
+    figs = sorted(p.name for p in (results / "figures").iterdir() if p.suffix in (".png", ".pdf", ".svg"))
     out_console.print(f"wrote {path} and {len(figs)} figures in {results / 'figures'}: {', '.join(figs)}",
                       markup=False)
 
 
-def _write_report(write_report, c, results: Path, command: str):
+def _figure_formats(text: str | None) -> list[str]:
+    """``--formats png,pdf`` -> the formats besides png."""
+    formats = [f.strip().lower().lstrip(".") for f in (text or "").split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad:
+        raise NormbenchError(f"expected png, pdf or svg (comma-separated), got {bad[0]!r}", key="--formats")
+    return [f for f in dict.fromkeys(formats) if f != "png"]
+
+
+def _write_report(write_report, c, results: Path, command: str, formats: list[str]):
     try:
-        return write_report(c, results, command)
+        return write_report(c, results, command, formats=formats)
     except OSError as e:
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
@@ -331,7 +421,8 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
           device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides the config's device."),
           threads: Optional[int] = typer.Option(None, min=1, help="torch threads, for the model and the peak "
                                                 "alike. Default: every core, as a single `normbench run` gets."),
-          steps: int = typer.Option(30, min=2, help="Timed steps per variant and round."),
+          steps: int = typer.Option(30, min=2, help="Timed steps per variant and round, rounded up to whole "
+                                                    "periods of train.measure_every (the periodic probes)."),
           warmup: int = typer.Option(5, min=1, help="Untimed steps first (allocator, caches, compilation)."),
           rounds: int = typer.Option(3, min=1, help="Rounds; the variants alternate within each."),
           reference: bool = typer.Option(True, "--reference/--no-reference",
@@ -366,6 +457,10 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
                       f"seq {sh['seq_len']}, batch {sh['batch_size']}, vocab {sh['vocab_size']}, {res['precision']}"
                       f"{', compiled' if res['compile'] else ''}; {res['device']}, {res['threads']} threads; "
                       f"median of {res['rounds']} x {res['steps']} steps", markup=False)
+    if res["steps"] != res["steps_requested"]:
+        out_console.print(f"note: --steps {res['steps_requested']} rounded up to {res['steps']}, whole periods of "
+                          f"train.measure_every={res['measure_every']}, so the periodic measurements are timed at "
+                          "their real rate", markup=False, style="yellow")
     peak = f"{res['peak_gflops_fp32']:.1f} GFLOP/s fp32"
     if res["peak_gflops_bf16"] is not None:
         peak += f", {res['peak_gflops_bf16']:.1f} bf16"
@@ -423,8 +518,16 @@ def keys():
 def main() -> None:
     """The console script. Usage errors caught before our code runs (an unknown option, a missing
     argument, --jobs 0) get the same one-line format as ours, with click's exit code (2)."""
+    import signal
+
+    from .sweep import Terminated, _raise_terminated
+
+    signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM is handled as Ctrl-C, exit code 143
     try:
         code = app(standalone_mode=False)
+    except Terminated:
+        err_console.print("normbench: terminated (SIGTERM); rerun the same command to resume", markup=False)
+        sys.exit(143)
     except (KeyboardInterrupt, typer.Abort):
         err_console.print("normbench: interrupted", markup=False)
         sys.exit(130)

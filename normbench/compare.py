@@ -4,10 +4,12 @@ Reads only the run folders (config.yaml, summary.json; metrics.jsonl for plots),
 works on any results folder, while a sweep is still running, and on folders copied
 from another machine.
 
-Aggregation rule: a diverged run has no final loss, so every metric is the mean ± std
-(sample std, ddof=1) over the runs of a group that did *not* diverge; ``n`` counts the
-group's finished runs and ``diverged_rate`` the share that diverged. A group whose runs
-all diverged has no numbers, only ``diverged_rate == 1``.
+Aggregation rule: a diverged run has no final loss, so the losses are the mean ± std (sample
+std, ddof=1) over the runs of a group that did *not* diverge; the stability measures
+(``OVER_ALL_RUNS``: max gradient norm, max attention logit, spikes...) are over every run,
+diverged ones included, since they are what an instability study looks at. ``n`` counts the
+group's finished runs and ``diverged_rate`` the share that diverged. A group whose runs all
+diverged has no losses, but still its stability measures.
 """
 from __future__ import annotations
 
@@ -51,6 +53,15 @@ LEAK_NOTE = ("causal leak (train_causal_leak): the RMS change of a run's trainin
              "when every token after t changes; above 0, the model saw later tokens in training (BatchNorm's "
              "batch statistics), so its training loss is optimistic: judge it by the eval-mode val loss")
 LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats")
+# measured on every run, diverged ones included: what an instability study wants to see for them. The
+# losses (and measures taken after training) exist only for the runs that did not diverge.
+OVER_ALL_RUNS = ("loss_spikes", "max_grad_norm", "median_grad_norm", "max_attn_logit", "max_model_update",
+                 "unstable_steps", "max_loss")
+# speed, measured while the sweep's runs shared the machine (--jobs): shown, never ranked on
+SPEED_METRICS = ("tokens_per_s", "wall_s")
+SPEED_NOTE = ("tok/s is each run's own throughput while the sweep's runs shared this machine's cores (--jobs "
+              "at a time), so it ranks nothing; compare speed with `normbench bench`, which times "
+              "configurations side by side on an otherwise idle machine")
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
 NOT_FACTORS = {"seed", "device"}
@@ -74,6 +85,7 @@ class Comparison:
     auto_by: bool = False  # the factors were detected, not given with --by
     metrics_chosen: bool = False  # the metrics were given, not the defaults
     recipe: str | None = None  # set on the parts per_recipe() returns
+    unfiltered: pd.DataFrame | None = None  # the finished runs before --filter: their factors name the rows
     _parts: list | None = field(default=None, repr=False, compare=False)
 
     def per_recipe(self) -> list[Comparison]:
@@ -93,7 +105,12 @@ class Comparison:
             sources = sorted({str(Path(p).parent) for p in runs["path"]})
             metrics = self.metrics if self.metrics_chosen else \
                 list(dict.fromkeys(default_metrics(runs) + [self.metric]))
-            c = _build(runs, crashed, varied_factors(runs), self.metric, metrics, [], sources)
+            factors = varied_factors(runs)
+            if self.unfiltered is not None:  # a filter that leaves one configuration still names it
+                every = self.unfiltered[self.unfiltered["recipe"].map(_plain) == name]
+                factors = [k for k in varied_factors(every) if k in runs] + \
+                    [k for k in factors if k not in varied_factors(every)]
+            c = _build(runs, crashed, factors, self.metric, metrics, [], sources)
             c.recipe = name
             out.append(c)
         return out
@@ -111,9 +128,23 @@ class Comparison:
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
-    """model.norm -> norm, unless two keys share their last part."""
+    """model.norm -> norm, unless another key (of these, or of the recipe keys) ends the same way:
+    a column title can then be typed back into --filter and --by."""
     last = [k.split(".")[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    everywhere = [k.split(".")[-1] for k in config_keys()]
+    return {k: (s if last.count(s) == 1 and everywhere.count(s) <= 1 else k) for k, s in zip(keys, last)}
+
+
+def resolve_key(key: str, valid, flag: str) -> str:
+    """A dotted key as given, or the one key whose last part it is (``norm`` -> ``model.norm``)."""
+    if key in valid:
+        return key
+    matches = [v for v in valid if v.split(".")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise NormbenchError(f"{key!r} is ambiguous: it could be {' or '.join(sorted(matches))}", key=flag)
+    raise NormbenchError(f"unknown key {key!r}{suggest(key, valid)}", key=flag)
 
 
 def group_label(row, by: list[str]) -> str:
@@ -207,8 +238,7 @@ def parse_filters(filters: list[str] | None, columns) -> list[tuple[str, list[st
         key = key.strip()
         if not sep or not key or not value.strip():
             raise NormbenchError(f"expected KEY=VALUE (e.g. model.norm=layernorm), got {text!r}", key="--filter")
-        if key not in valid:
-            raise NormbenchError(f"unknown key {key!r}{suggest(key, valid)}", key="--filter")
+        key = resolve_key(key, valid, "--filter")
         out.append((key, [v.strip() for v in value.split(",")]))
     return out
 
@@ -264,7 +294,8 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
         row["n_diverged"] = len(g) - len(ok)
         row["diverged_rate"] = row["n_diverged"] / len(g)
         for m in metrics:
-            vals = pd.to_numeric(ok[m], errors="coerce").dropna() if m in ok else pd.Series(dtype=float)
+            pool = g if m in OVER_ALL_RUNS or m in SPEED_METRICS else ok
+            vals = pd.to_numeric(pool[m], errors="coerce").dropna() if m in pool else pd.Series(dtype=float)
             row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
         rows.append(row)
@@ -328,14 +359,20 @@ def _none_if_nan(v):
 
 
 def compare(paths=("results",), by: list[str] | str | None = None, metric: str = "final_val_loss",
-            filters: list[str] | None = None, metrics: list[str] | None = None) -> Comparison:
-    """Read, filter, group and aggregate. ``by=None`` groups by the factors that vary."""
+            filters: list[str] | None = None, metrics: list[str] | None = None, pool: bool = False) -> Comparison:
+    """Read, filter, group and aggregate. ``by=None`` groups by the factors that vary (among the
+    runs before filtering, so a filtered table still shows which configuration each row is).
+    Keys may be given by their last part (``norm``) where that is unambiguous. Runs that differ
+    in a key ``by`` leaves out are refused unless ``pool=True`` (then averaged, with a note)."""
+    if metric in SPEED_METRICS:
+        raise NormbenchError(f"{metric} is not a ranking metric: {SPEED_NOTE}", key="--metric")
     if metric not in METRICS:
         raise NormbenchError(f"unknown metric {metric!r}{suggest(metric, METRICS)}; expected one of "
-                             f"{', '.join(METRICS)}", key="--metric")
+                             f"{', '.join(m for m in METRICS if m not in SPEED_METRICS)}", key="--metric")
     runs, notes, sources = collect(list(paths))
     if runs.empty:
         raise NormbenchError("no finished runs to compare yet", file=", ".join(map(str, paths)))
+    everything = runs[runs["status"].isin(store.DONE)]
     runs = apply_filters(runs, parse_filters(filters, runs.columns))
     crashed = runs[runs["status"] == "crashed"]
     done = runs[runs["status"].isin(store.DONE)].copy()
@@ -346,23 +383,38 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
     auto = varied_factors(done)
     auto_by = by is None
     if by is None:
-        by = auto
+        # the factors of the whole set, so that a filter leaving one configuration still names it
+        by = [k for k in varied_factors(everything) if k in done] if filters else auto
+        by += [k for k in auto if k not in by]
     else:
-        by = [b.strip() for b in by.split(",")] if isinstance(by, str) else list(by)
         valid = config_keys() + ["recipe"]
-        for b in by:
-            if b not in valid:
-                raise NormbenchError(f"unknown key {b!r}{suggest(b, valid)}", key="--by")
+        by = [resolve_key(b.strip(), valid, "--by") for b in (by.split(",") if isinstance(by, str) else by)]
         pooled = [k for k in auto if k not in by]
+        if pooled and not pool:
+            raise NormbenchError(pooling_refusal(done, by, pooled), key="--by")
         if pooled:
-            notes.append(f"pooled over {', '.join(pooled)} (they vary but are not in --by)")
+            notes.append(f"pooled over {', '.join(pooled)} (they vary but are not in --by; --pool was given)")
     chosen = bool(metrics)
     metrics = list(dict.fromkeys((metrics or default_metrics(done)) + [metric]))
     if "train_causal_leak" in done and (pd.to_numeric(done["train_causal_leak"], errors="coerce") > LEAK_TOL).any():
         notes.append(LEAK_NOTE)
+    if any(m in SPEED_METRICS for m in metrics):
+        notes.append(SPEED_NOTE)
     c = _build(done, crashed, by, metric, metrics, notes, sources)
     c.auto_by, c.metrics_chosen = auto_by, chosen
+    c.unfiltered = everything if filters else None
     return c
+
+
+def pooling_refusal(done: pd.DataFrame, by: list[str], pooled: list[str]) -> str:
+    """Why runs are not averaged together, and how to split them."""
+    names = short_names(by + pooled)
+    values = {k: sorted({_plain(v) for v in done[k]}) for k in pooled}
+    differ = "; ".join(f"{k} ({', '.join(values[k][:4])}{', ...' if len(values[k]) > 4 else ''})" for k in pooled)
+    first = pooled[0]
+    return (f"the runs differ in keys --by leaves out: {differ}; averaging them would mix different "
+            f"experiments. Add them to --by (--by {','.join(names[k] for k in by + pooled)}), keep one value "
+            f"(--filter {names[first]}={values[first][0]}), or pass --pool to average over them")
 
 
 def default_metrics(runs: pd.DataFrame) -> list[str]:
@@ -428,8 +480,9 @@ def fmt_value(v, digits: int = 4) -> str:
 
 
 def cell(row, m: str) -> str:
-    """``2.174 ± 0.012``; ``diverged`` when every run of the group diverged; ``-`` when not measured."""
-    if row["n_diverged"] == row["n"]:
+    """``2.174 ± 0.012``; ``diverged`` for a loss when every run of the group diverged; ``-`` when not
+    measured. Stability measures are shown for diverged runs too."""
+    if row["n_diverged"] == row["n"] and m not in OVER_ALL_RUNS and m not in SPEED_METRICS:
         return "diverged"
     mean, std = row[f"{m}_mean"], row[f"{m}_std"]
     if isinstance(mean, float) and math.isnan(mean):
@@ -475,7 +528,8 @@ def sensitivity_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
 def legend(c: Comparison) -> str:
     direction = "lower" if METRICS[c.metric][1] else "higher"
     return (f"Ranked by the share of diverged runs, then by {c.metric} ({direction} is better); "
-            "mean ± std over the seeds that did not diverge; "
+            "losses: mean ± std over the seeds that did not diverge; stability measures (spikes, max |grad|, "
+            "max logit, max update, steps > ceiling, max loss): over every seed, diverged ones included; "
             "'diverged' counts the runs that did. Losses in nats.")
 
 

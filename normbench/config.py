@@ -17,7 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from .errors import NormbenchError
+from . import textfile
+from .errors import NormbenchError, Problems
 
 NORMS = {
     "layernorm": "LayerNorm over d_model (nn.LayerNorm): per-token mean and variance, gain and bias",
@@ -27,22 +28,36 @@ NORMS = {
     "dyt": "Dynamic Tanh: gamma*tanh(alpha*x)+beta, scalar alpha initialised to model.dyt_alpha "
            "(model.dyt_alpha_ffn for the norms not in front of attention)",
     "dyt_nobias": "Dynamic Tanh without beta, as the DyT LLaMA code: gamma*tanh(alpha*x)",
+    "derf": "Dynamic erf (Chen et al. 2025): gamma*erf(alpha*x + s) + beta, scalars alpha (init 0.5) and s (init 0)",
     "batchnorm": "BatchNorm over all B*T token positions, padding included (nn.BatchNorm1d)",
     "batchnorm_masked": "BatchNorm with statistics from non-padding tokens only (PowerNorm's MaskBN)",
     "batchnorm_causal": "BatchNorm that normalises with running statistics of earlier steps only (updated after "
                         "use, from non-padding tokens): causal within a step, unlike batchnorm",
+    "powernorm": "PowerNorm (Shen et al. 2020) as its official code: per-head group scaling, then x/sqrt(psi^2) "
+                 "without centring, psi^2 the batch quadratic mean of real tokens during train.warmup_steps and the "
+                 "running one after, with its approximate backward",
     "none": "no normalization (identity)",
 }
-TOKEN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias")
+TOKEN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf")
 # norms whose training-mode output at one position depends on other positions of the batch (later
 # tokens included): the training loss of a causal LM is then optimistic (README: causality probe)
-LEAKY_NORMS = ("batchnorm", "batchnorm_masked")
+LEAKY_NORMS = ("batchnorm", "batchnorm_masked", "powernorm")  # powernorm: during its warmup (batch statistics)
 PLACEMENTS = {
     "pre": "Pre-LN: x + F(norm(x)), plus a final norm",
     "post": "Post-LN: norm(x + F(x))",
-    "sandwich": "Sandwich / Peri-LN: x + norm(F(norm(x))), plus a final norm",
+    "sandwich": "Peri-LN (sandwich; Gemma 2, Kim et al. 2025): x + norm(F(norm(x))), plus a final norm",
     "deepnorm": "DeepNorm: norm(alpha*x + F(x)), alpha=(2N)^(1/4), FFN/value/output init scaled by beta=(8N)^(-1/4)",
+    "mixln": "Mix-LN (Li et al. 2024): the first floor(model.mixln_ratio*N) blocks Post-LN, the rest Pre-LN, "
+             "plus a final norm",
+    "lns": "LayerNorm Scaling (Sun et al. 2025): Pre-LN with each block's norm outputs times 1/sqrt(l), "
+           "l the 1-based layer",
+    "outnorm": "OLMo 2's reordered norm: x + norm(F(x)), no norm on the branch input, plus a final norm",
+    "subln": "SubLN (Magneto, Wang et al. 2022): Pre-LN plus a norm inside each branch (before attention's output "
+             "projection, after the MLP's activation); fc1, fc2, value and output projections init times "
+             "sqrt(ln 2N)",
 }
+# placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)
+NEEDS_A_NORM = ("deepnorm", "mixln", "lns", "outnorm", "subln")
 TASKS = {
     "charlm": "character LM on the Python standard library's own .py files (built in, no download)",
     "text": "character LM on your own UTF-8 text file (data.path)",
@@ -50,17 +65,22 @@ TASKS = {
     "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
 }
 
-Norm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "batchnorm",
-               "batchnorm_masked", "batchnorm_causal", "none"]
-QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias"]
-Placement = Literal["pre", "post", "sandwich", "deepnorm"]
+QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf"]
+Placement = Literal["pre", "post", "sandwich", "deepnorm", "mixln", "lns", "outnorm", "subln"]
 Task = Literal["charlm", "text", "copy", "reverse"]
 
 
-def opt(default, help: str, *, min=None, max=None, min_open=False, max_open=False):
-    """A config field with its help text and numeric bounds (inclusive unless *_open)."""
+def opt(default, help: str, *, min=None, max=None, min_open=False, max_open=False, choices=None):
+    """A config field with its help text, numeric bounds (inclusive unless *_open) and, for a string
+    whose choices can grow at run time (plugin norms), a function returning them."""
     return field(default=default, metadata={"help": help, "min": min, "max": max,
-                                            "min_open": min_open, "max_open": max_open})
+                                            "min_open": min_open, "max_open": max_open, "choices": choices})
+
+
+def _norm_names() -> list[str]:
+    from .registry import norm_names
+
+    return norm_names()
 
 
 @dataclass(frozen=True)
@@ -70,10 +90,18 @@ class ModelConfig:
     heads: int = opt(4, "attention heads; must divide d_model", min=1)
     d_ff: int = opt(512, "hidden width of the MLP", min=1)
     dropout: float = opt(0.0, "dropout on attention weights and residual branches", min=0.0, max=1.0, max_open=True)
-    norm: Norm = opt("layernorm", "normalization layer (see `normbench list`)")
+    norm: str = opt("layernorm", "normalization layer (see `normbench list`; a norm of your own with --plugin)",
+                    choices=_norm_names)
     placement: Placement = opt("pre", "where the norms sit in a block (see `normbench list`)")
-    qk_norm: bool = opt(False, "normalise queries and keys per head before q.k (Wortsman et al. 2023)")
-    qk_norm_type: QKNorm = opt("layernorm", "the per-head norm used when qk_norm is true (ignored otherwise)")
+    mixln_ratio: float = opt(0.25, "placement mixln: the share of blocks, from the input, that are Post-LN "
+                                   "(floor(ratio*N) of them; Li et al. 2024 use 0.25); ignored otherwise",
+                             min=0.0, max=1.0)
+    embed_norm: bool = opt(False, "a norm (model.norm) on the embeddings before the first block (BLOOM)")
+    qk_norm: bool = opt(False, "normalise queries and keys before q.k (Wortsman et al. 2023)")
+    qk_norm_type: QKNorm = opt("layernorm", "the norm used when qk_norm is true (ignored otherwise)")
+    qk_norm_scope: Literal["head", "full"] = opt(
+        "head", "qk-norm per head (over d_model/heads) or over the whole projection width d_model (OLMo 2); "
+        "ignored unless qk_norm")
     bias: bool = opt(True, "biases in linear layers (norm biases are set by the norm type)")
     tie_embeddings: bool = opt(True, "share the token embedding with the LM head")
     embed_scale: Literal["none", "sqrt_d", "learned"] = opt(
@@ -162,11 +190,19 @@ class RunConfig:
 
         ``device`` and ``train.compile`` are left out on purpose: where and how a run
         executes (like jobs, threads and the output folder) is not part of what it is,
-        so a sweep begun on a laptop resumes on a GPU box.
+        so a sweep begun on a laptop resumes on a GPU box. ``data.path`` counts by its content
+        (the SHA-256 of the text a run trains on), so editing the file does not reuse stale results
+        and the same text in another folder resumes. A plugin norm counts by its file's SHA-256.
         """
         d = self.to_dict()
         d.pop("device")
         d["train"].pop("compile")
+        if d["data"]["path"]:  # the text trained on, not where it lies: an edited file gets new ids
+            d["data"]["path"] = "sha256:" + textfile.digest(textfile.read(d["data"]["path"], d["data"]["max_chars"]))
+        from .registry import plugin_of
+
+        if (plugin := plugin_of(self.model.norm)) is not None:  # a plugin norm: its code is part of the run
+            d["plugin"] = plugin.sha256
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -185,7 +221,8 @@ def all_keys() -> list[tuple[str, Any, str, str]]:
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for name, f in _fields(cls).items():
-            out.append((f"{section}.{name}", f.default, _type_text(hints[name]), f.metadata["help"]))
+            tp = " | ".join(f.metadata["choices"]()) if f.metadata.get("choices") else _type_text(hints[name])
+            out.append((f"{section}.{name}", f.default, tp, f.metadata["help"]))
     hints = typing.get_type_hints(RunConfig)
     for name in TOP_LEVEL:
         f = _fields(RunConfig)[name]
@@ -241,6 +278,9 @@ def coerce(key: str, value: Any, tp, meta: dict) -> Any:
     elif tp is str:
         if not isinstance(value, str):
             raise NormbenchError(f"expected a string, got {value!r}", key=key)
+        if meta.get("choices") is not None and value not in (choices := meta["choices"]()):
+            raise NormbenchError(f"expected one of {', '.join(choices)}, got {value!r}{suggest(value, choices)}; "
+                                 "a norm of your own: --plugin FILE.py (README: Bring your own norm)", key=key)
         return value
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value < lo or (meta.get("min_open") and value == lo)):
@@ -250,40 +290,52 @@ def coerce(key: str, value: Any, tp, meta: dict) -> Any:
     return value
 
 
-def _section(cls, raw: Any, prefix: str):
+def _section(cls, raw: Any, prefix: str, problems: Problems):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise NormbenchError(f"expected a mapping of keys, got {type(raw).__name__}", key=prefix)
+        problems.add(NormbenchError(f"expected a mapping of keys, got {type(raw).__name__}", key=prefix))
+        return None
     fields = _fields(cls)
     hints = typing.get_type_hints(cls)
     values = {}
     for k, v in raw.items():
-        if k not in fields:
-            raise NormbenchError(f"unknown key{suggest(f'{prefix}.{k}', [f'{prefix}.{f}' for f in fields])}",
-                                 key=f"{prefix}.{k}")
-        values[k] = coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
+        with problems.check():
+            if k not in fields:
+                raise NormbenchError(f"unknown key{suggest(f'{prefix}.{k}', [f'{prefix}.{f}' for f in fields])}",
+                                     key=f"{prefix}.{k}")
+            values[k] = coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
     return cls(**values)
 
 
 def from_dict(raw: Any) -> RunConfig:
-    """Validate a raw ``base`` mapping (sections model/data/train, top-level seed/device)."""
+    """Validate a raw ``base`` mapping (sections model/data/train, top-level seed/device). Every
+    problem is reported (``NormbenchErrors`` when there are several), not only the first."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise NormbenchError(f"expected a mapping, got {type(raw).__name__}", key="base")
+    problems = Problems()
     known = list(SECTIONS) + list(TOP_LEVEL)
     for k in raw:
         if k not in known:
-            raise NormbenchError(f"unknown key{suggest(str(k), known)}; expected one of {', '.join(known)}",
-                                 key=str(k))
+            problems.add(NormbenchError(f"unknown key{suggest(str(k), known)}; expected one of {', '.join(known)}",
+                                        key=str(k)))
     hints = typing.get_type_hints(RunConfig)
-    top = {k: coerce(k, raw[k], hints[k], _fields(RunConfig)[k].metadata) for k in TOP_LEVEL if k in raw}
-    cfg = RunConfig(**{s: _section(cls, raw.get(s), s) for s, cls in SECTIONS.items()}, **top)
+    top = {}
+    for k in TOP_LEVEL:
+        if k in raw:
+            with problems.check():
+                top[k] = coerce(k, raw[k], hints[k], _fields(RunConfig)[k].metadata)
+    sections = {s: _section(cls, raw.get(s), s, problems) for s, cls in SECTIONS.items()}
+    problems.raise_any()
+    cfg = RunConfig(**sections, **top)
     # keys a configuration does not use are reset, so they cannot make otherwise equal runs look different
     m, unused = cfg.model, {}
     if not m.qk_norm:
-        unused["qk_norm_type"] = "layernorm"
+        unused["qk_norm_type"], unused["qk_norm_scope"] = "layernorm", "head"
+    if m.placement != "mixln":
+        unused["mixln_ratio"] = _fields(ModelConfig)["mixln_ratio"].default
     if m.tie_embeddings:
         unused["head_std"] = None
     if not (m.norm.startswith("dyt") or (m.qk_norm and m.qk_norm_type.startswith("dyt"))):
@@ -294,23 +346,35 @@ def from_dict(raw: Any) -> RunConfig:
 
 
 def check(cfg: RunConfig) -> None:
-    """Rules that involve more than one key."""
+    """Rules that involve more than one key (every broken rule is reported)."""
     m, d = cfg.model, cfg.data
+    problems = Problems()
     if m.d_model % m.heads:
-        raise NormbenchError(f"model.heads={m.heads} must divide model.d_model={m.d_model}", key="model.heads")
+        problems.add(NormbenchError(f"model.heads={m.heads} must divide model.d_model={m.d_model}", key="model.heads"))
     if m.placement == "deepnorm" and m.norm == "none":
-        raise NormbenchError("model.placement=deepnorm needs a normalization: with model.norm=none each block "
-                             "computes alpha*x + F(x) and the residual stream grows as alpha^N; pick another "
-                             "model.norm or placement", key="model.norm")
+        problems.add(NormbenchError(
+            "model.placement=deepnorm needs a normalization: with model.norm=none each block computes "
+            "alpha*x + F(x) and the residual stream grows as alpha^N; pick another model.norm or placement",
+            key="model.norm"))
+    elif m.placement in NEEDS_A_NORM and m.norm == "none":
+        problems.add(NormbenchError(
+            f"model.placement={m.placement} places norms, and model.norm=none makes every one an identity (the "
+            "same model as placement pre with norm none); pick a norm, or placement pre", key="model.norm"))
+    if m.embed_norm and m.norm == "none":
+        problems.add(NormbenchError("model.embed_norm=true needs a norm (model.norm is none)", key="model.embed_norm"))
     if d.task == "text" and not d.path:
-        raise NormbenchError("data.task=text needs data.path, a UTF-8 text file", key="data.path")
+        problems.add(NormbenchError("data.task=text needs data.path, a UTF-8 text file", key="data.path"))
     if d.task != "text" and d.path:
-        raise NormbenchError(f"data.path is only used by data.task=text (task is {d.task})", key="data.path")
+        problems.add(NormbenchError(f"data.path is only used by data.task=text (task is {d.task})", key="data.path"))
+    if d.task == "text" and d.path:
+        with problems.check():
+            textfile.check_length(d.path, d.max_chars, d.val_fraction, d.seq_len)
     if d.task in ("copy", "reverse") and d.seq_len < 4:
-        raise NormbenchError(f"data.task={d.task} needs data.seq_len >= 4 (symbols, separator, answer)",
-                             key="data.seq_len")
+        problems.add(NormbenchError(f"data.task={d.task} needs data.seq_len >= 4 (symbols, separator, answer)",
+                                    key="data.seq_len"))
     if d.variable_length and d.min_len > d.seq_len:
-        raise NormbenchError(f"data.min_len={d.min_len} exceeds data.seq_len={d.seq_len}", key="data.min_len")
+        problems.add(NormbenchError(f"data.min_len={d.min_len} exceeds data.seq_len={d.seq_len}", key="data.min_len"))
+    problems.raise_any()
 
 
 def get_dotted(cfg_dict: dict, key: str) -> Any:

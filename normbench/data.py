@@ -8,9 +8,7 @@ convention and padded batches (``data.variable_length``) work everywhere.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import sys
 import sysconfig
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import textfile
 from .config import DataConfig
 from .errors import NormbenchError
 
@@ -49,21 +48,12 @@ def stdlib_text(max_chars: int) -> tuple[str, dict]:
         if n >= max_chars:
             break
     text = "".join(parts)[:max_chars]
-    return text, _fingerprint(text, source="python-stdlib", files=files)
+    return text, textfile.fingerprint(text, source="python-stdlib", files=files)
 
 
 def file_text(path: str, max_chars: int) -> tuple[str, dict]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")[:max_chars]
-    except (OSError, UnicodeDecodeError) as e:
-        raise NormbenchError(f"cannot read a UTF-8 text file: {e}", key="data.path") from None
-    return text, _fingerprint(text, source=str(path), files=1)
-
-
-def _fingerprint(text: str, source: str, files: int) -> dict:
-    return {"source": source, "files": files, "chars": len(text),
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
-            "python": ".".join(map(str, sys.version_info[:3]))}
+    text = textfile.read(path, max_chars)
+    return text, textfile.fingerprint(text, source=str(path), files=1)
 
 
 def char_ids(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +74,8 @@ class CharLM:
         chars, ids = char_ids(text)
         self.vocab = ["<pad>"] + [chr(c) for c in chars]
         ids = torch.from_numpy(ids + 1)
-        n_val = int(len(ids) * cfg.val_fraction)
-        self.splits = {"train": ids[: len(ids) - n_val].to(device), "val": ids[len(ids) - n_val:].to(device)}
+        n_train, _ = textfile.split_sizes(len(ids), cfg.val_fraction)
+        self.splits = {"train": ids[:n_train].to(device), "val": ids[n_train:].to(device)}
         for split, data in self.splits.items():
             if len(data) < cfg.seq_len + 2:
                 raise NormbenchError(f"the {split} split has {len(data)} characters, fewer than data.seq_len + 2 = "

@@ -52,7 +52,8 @@ def _end_text(outcome) -> str:
         counts[st] = counts.get(st, 0) + 1
     parts = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
     if outcome.interrupted:
-        return (f"interrupted after {outcome.elapsed_s:.1f} s ({parts}); completed runs are kept: "
+        how = "terminated (SIGTERM)" if outcome.terminated else "interrupted"
+        return (f"{how} after {outcome.elapsed_s:.1f} s ({parts}); completed runs are kept: "
                 "rerun the same command to resume")
     return f"done in {outcome.elapsed_s:.1f} s: {parts}; index: {outcome.plan.recipe_dir / store.INDEX}"
 

@@ -2,7 +2,10 @@
 
 Placement is slots, not branches: every sublayer (attention, MLP) has three norm
 slots, before the branch, after the branch and after the residual add, plus a
-residual scale alpha. pre, post, sandwich and deepnorm say which slots are filled.
+residual scale alpha; each branch has one inner slot (SubLN's); the model has an
+embedding slot and a final one. A placement says which slots are filled, per layer
+(Mix-LN: Post-LN slots in the first blocks, Pre-LN in the rest), and LNS scales the
+before-slot's output by 1/sqrt(layer).
 """
 from __future__ import annotations
 
@@ -15,13 +18,39 @@ from torch import nn
 from .config import ModelConfig
 from .norms import Identity, make_norm
 
-# placement -> (norm before F, norm after F, norm after the residual add, final norm)
+# placement -> (norm before F, norm after F, norm after the residual add) in a block
 SLOTS = {
-    "pre": (True, False, False, True),
-    "post": (False, False, True, False),
-    "sandwich": (True, True, False, True),
-    "deepnorm": (False, False, True, False),
+    "pre": (True, False, False),
+    "post": (False, False, True),
+    "sandwich": (True, True, False),
+    "deepnorm": (False, False, True),
+    "lns": (True, False, False),
+    "outnorm": (False, True, False),
+    "subln": (True, False, False),
 }
+
+
+def block_slots(cfg: ModelConfig, layer: int) -> tuple[bool, bool, bool]:
+    """The filled slots of block ``layer`` (0-based); Mix-LN's first floor(ratio*N) blocks are Post-LN."""
+    if cfg.placement == "mixln":
+        return SLOTS["post" if layer < mixln_post_blocks(cfg) else "pre"]
+    return SLOTS[cfg.placement]
+
+
+def mixln_post_blocks(cfg: ModelConfig) -> int:
+    return math.floor(cfg.mixln_ratio * cfg.layers)
+
+
+def has_final_norm(cfg: ModelConfig) -> bool:
+    """A final norm wherever the last block leaves its residual stream unnormalised."""
+    if cfg.placement == "mixln":
+        return mixln_post_blocks(cfg) < cfg.layers
+    return not SLOTS[cfg.placement][2]
+
+
+def subln_gain(layers: int) -> float:
+    """Magneto's init gain gamma = sqrt(ln 2N) for fc1, fc2, value and output projections."""
+    return math.sqrt(math.log(2 * layers))
 
 
 def deepnorm_constants(layers: int) -> tuple[float, float]:
@@ -30,26 +59,33 @@ def deepnorm_constants(layers: int) -> tuple[float, float]:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, inner: nn.Module):
         super().__init__()
         self.heads, self.d_head = cfg.heads, cfg.d_model // cfg.heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        qk = (lambda: make_norm(cfg.qk_norm_type, self.d_head, cfg.norm_eps, cfg.dyt_alpha)) if cfg.qk_norm else Identity
+        self.full_qk = cfg.qk_norm_scope == "full"  # OLMo 2: over the whole projection, before the heads split
+        width = cfg.d_model if self.full_qk else self.d_head
+        qk = (lambda: make_norm(cfg.qk_norm_type, width, cfg.norm_eps, cfg.dyt_alpha)) if cfg.qk_norm else Identity
         self.q_norm, self.k_norm = qk(), qk()
+        self.inner = inner  # SubLN: a norm before the output projection
         self.dropout = cfg.dropout
         self.measure = False  # when set, the next forward records its largest |q.k|/sqrt(d_head)
         self.logit_max: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, mask: torch.Tensor | None = None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dh)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, d)
+        if self.full_qk:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.view(B, T, self.heads, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
+        if not self.full_qk:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.measure:
             self.logit_max = max_attention_logit(q, k, attn_mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, dh)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(self.inner(y.transpose(1, 2).reshape(B, T, C), mask))
 
 
 @torch.no_grad()
@@ -64,14 +100,33 @@ def max_attention_logit(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tenso
     return torch.maximum(hi, -lo) * q.shape[-1] ** -0.5
 
 
+@torch.no_grad()
+def residual_rms(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """RMS of the residual stream over real tokens and channels; a 0-dim tensor."""
+    x = x.float() if mask is None else x[mask].float()
+    return x.pow(2).mean().sqrt()
+
+
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, inner: nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.inner = inner  # SubLN: a norm (over d_ff) between the activation and fc2
 
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x, mask=None):
+        return self.fc2(self.inner(F.gelu(self.fc1(x)), mask))
+
+
+class Scaled(nn.Module):
+    """A norm whose output is multiplied by a constant (LNS: 1/sqrt(layer))."""
+
+    def __init__(self, norm: nn.Module, scale: float):
+        super().__init__()
+        self.norm, self.scale = norm, scale
+
+    def forward(self, x, mask=None):
+        return self.norm(x, mask) * self.scale
 
 
 def dyt_alphas(cfg: ModelConfig) -> tuple[float, float]:
@@ -79,33 +134,48 @@ def dyt_alphas(cfg: ModelConfig) -> tuple[float, float]:
     return cfg.dyt_alpha, cfg.dyt_alpha if cfg.dyt_alpha_ffn is None else cfg.dyt_alpha_ffn
 
 
+def norm_maker(cfg: ModelConfig, norm_warmup: int = 0):
+    """``norm(alpha, width=d_model)``: model.norm over ``width``, with DyT's initial alpha and
+    PowerNorm's groups (one per head) and warmup."""
+    def norm(alpha: float, width: int = cfg.d_model) -> nn.Module:
+        return make_norm(cfg.norm, width, cfg.norm_eps, alpha, heads=cfg.heads, warmup=norm_warmup)
+    return norm
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0, norm_warmup: int = 0):
         super().__init__()
-        before, after_branch, after_add, _ = SLOTS[cfg.placement]
+        norm = norm_maker(cfg, norm_warmup)
+        before, after_branch, after_add = block_slots(cfg, layer)
+        scale = 1 / math.sqrt(layer + 1) if cfg.placement == "lns" else 1.0  # LNS: 1/sqrt(l), l 1-based
 
         def slots(alpha):
-            return nn.ModuleList([make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, alpha) if on else Identity()
-                                  for on in (before, after_branch, after_add)])
+            first = norm(alpha) if before else Identity()
+            return nn.ModuleList([Scaled(first, scale) if scale != 1.0 else first,
+                                  norm(alpha) if after_branch else Identity(), norm(alpha) if after_add else Identity()])
 
         attn_alpha, ffn_alpha = dyt_alphas(cfg)
-        self.attn, self.attn_norms = Attention(cfg), slots(attn_alpha)
-        self.mlp, self.mlp_norms = MLP(cfg), slots(ffn_alpha)
+        subln = cfg.placement == "subln"
+        self.attn = Attention(cfg, norm(attn_alpha) if subln else Identity())
+        self.mlp = MLP(cfg, norm(ffn_alpha, cfg.d_ff) if subln else Identity())
+        self.attn_norms, self.mlp_norms = slots(attn_alpha), slots(ffn_alpha)
         self.alpha = deepnorm_constants(cfg.layers)[0] if cfg.placement == "deepnorm" else 1.0
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask, attn_mask):  # x (B, T, d); mask (B, T) or None
-        x = self.residual(x, lambda h: self.attn(h, attn_mask), self.attn_norms, mask)
+        x = self.residual(x, lambda h, m: self.attn(h, attn_mask, m), self.attn_norms, mask)
         return self.residual(x, self.mlp, self.mlp_norms, mask)
 
     def residual(self, x, f, norms, mask):
         before, after_branch, after_add = norms
-        h = after_branch(self.drop(f(before(x, mask))), mask)
+        h = after_branch(self.drop(f(before(x, mask), mask)), mask)
         return after_add((x if self.alpha == 1.0 else self.alpha * x) + h, mask)
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, norm_warmup: int = 0):
+        """``norm_warmup``: PowerNorm's steps of batch statistics (the trainer passes train.warmup_steps,
+        as PowerNorm's code passes its learning-rate warmup)."""
         super().__init__()
         self.cfg = cfg
         self.tok = nn.Embedding(vocab_size, cfg.d_model)
@@ -115,9 +185,12 @@ class Transformer(nn.Module):
         scale = 1.0 if cfg.embed_scale == "none" else math.sqrt(cfg.d_model)
         self.embed_scale = nn.Parameter(torch.tensor(scale)) if cfg.embed_scale == "learned" else scale
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
-        final = SLOTS[cfg.placement][3]
-        self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, dyt_alphas(cfg)[1]) if final else Identity()
+        norm = norm_maker(cfg, norm_warmup)
+        self.embed_norm = norm(dyt_alphas(cfg)[0]) if cfg.embed_norm else Identity()  # BLOOM
+        self.blocks = nn.ModuleList([Block(cfg, i, norm_warmup) for i in range(cfg.layers)])
+        self.final_norm = norm(dyt_alphas(cfg)[1]) if has_final_norm(cfg) else Identity()
+        self.measure_resid = False  # when set, the next forward records the residual stream's RMS per block
+        self.resid_rms: list[torch.Tensor] = []
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.register_buffer("causal", torch.ones(seq_len, seq_len, dtype=torch.bool).tril_(), persistent=False)
         self._init_weights()
@@ -132,7 +205,8 @@ class Transformer(nn.Module):
         for emb in (self.tok, self.pos):
             nn.init.normal_(emb.weight, std=embed_std)
         nn.init.normal_(self.head.weight, std=cfg.head_std or d ** -0.5)
-        beta = deepnorm_constants(cfg.layers)[1] if cfg.placement == "deepnorm" else 1.0
+        beta = deepnorm_constants(cfg.layers)[1] if cfg.placement == "deepnorm" else \
+            subln_gain(cfg.layers) if cfg.placement == "subln" else 1.0
         for block in self.blocks:
             a, m = block.attn, block.mlp
             with torch.no_grad():
@@ -150,7 +224,7 @@ class Transformer(nn.Module):
                         nn.init.normal_(w, std=0.02)
                     for w in (a.proj.weight, m.fc2.weight):
                         nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.layers))
-                # DeepNet scales the FFN, value and output projections by beta
+                # DeepNet scales the FFN, value and output projections by beta; Magneto by sqrt(ln 2N)
                 for w in (v, a.proj.weight, m.fc1.weight, m.fc2.weight):
                     w.mul_(beta)
 
@@ -158,9 +232,12 @@ class Transformer(nn.Module):
         """idx (B, T) token ids; mask (B, T) True on real tokens, None when nothing is padded."""
         B, T = idx.shape
         attn_mask = None if mask is None else self.causal[:T, :T] & mask[:, None, None, :]  # (B, 1, T, T)
-        x = self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T])  # (B, T, d)
+        x = self.embed_norm(self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T]), mask)  # (B, T, d)
+        self.resid_rms = []
         for block in self.blocks:
             x = block(x, mask, attn_mask)
+            if self.measure_resid:
+                self.resid_rms.append(residual_rms(x, mask))
         return self.head(self.final_norm(x, mask))  # (B, T, vocab)
 
     # --- hooks for the stability measurements ---
@@ -169,8 +246,14 @@ class Transformer(nn.Module):
         return [[b.mlp.fc1.weight, b.mlp.fc2.weight] for b in self.blocks]
 
     def measure_attention(self, on: bool) -> None:
+        """Record, in the next forwards, the largest attention logit and the residual RMS per block."""
+        self.measure_resid = on
         for b in self.blocks:
             b.attn.measure = on
+
+    def resid_rms_by_layer(self) -> torch.Tensor:
+        """(layers,) the residual stream's RMS after each block, from the last measured forward."""
+        return torch.stack(self.resid_rms)
 
     def attention_logit_max(self) -> torch.Tensor:
         return torch.stack([b.attn.logit_max for b in self.blocks]).amax()

@@ -7,7 +7,10 @@ dropping ``nn.BatchNorm1d`` into a Transformer (statistics over every one of the
 B*T positions, padding included), ``batchnorm_masked`` takes its statistics from
 real tokens only (Shen et al. 2020, PowerNorm's MaskBN). Both mix positions, so in
 training a token's output depends on later tokens; ``batchnorm_causal`` normalises
-with running statistics of earlier steps only, which is causal.
+with running statistics of earlier steps only, which is causal. ``powernorm`` follows its
+official code (group scaling, quadratic mean without centring, running statistics after a
+warmup, an approximate backward). A norm of one's own is registered by a plugin file
+(registry.py) and built through ``make_norm`` like the others.
 """
 from __future__ import annotations
 
@@ -74,6 +77,20 @@ class DyTNoBias(DyT):
         super().__init__(d, alpha, bias=False)
 
 
+class Derf(nn.Module):
+    """gamma * erf(alpha * x + s) + beta with scalars alpha (init 0.5) and s (init 0) (Chen et al. 2025)."""
+
+    def __init__(self, d: int, **_):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.shift = nn.Parameter(torch.tensor(0.0))
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x, mask=None):
+        return self.weight * torch.erf(self.alpha * x + self.shift) + self.bias
+
+
 class BatchNorm(nn.BatchNorm1d):
     """Per-channel statistics over all B*T positions, running statistics for eval."""
 
@@ -135,6 +152,89 @@ class CausalBatchNorm(nn.BatchNorm1d):
         return y * self.weight + self.bias
 
 
+class _PowerFunction(torch.autograd.Function):
+    """PowerNorm's normalisation with its approximate backward, as the official code (Shen et al.
+    2020, fairseq/modules/norms/mask_powernorm.py): forward z = x / sqrt(psi2 + eps) (the batch's
+    quadratic mean during the warmup, the running one after), y = weight * z + bias; backward
+    g_hat = g - (1 - alpha_bkw) * ema_gz * z, ema_gz += mean(g_hat * z), dx = g_hat / sqrt(var_B + eps)
+    with the batch's var_B, and the usual weight and bias gradients. x is (N, d), every position."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, phi, var, ema_gz, alpha_bkw: float, eps: float):
+        z = x * torch.rsqrt(phi + eps)
+        ctx.save_for_backward(z, var, weight, ema_gz)
+        ctx.alpha_bkw, ctx.eps = alpha_bkw, eps
+        return z * weight + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, var, weight, ema_gz = ctx.saved_tensors
+        g = grad * weight
+        g_hat = g - (1 - ctx.alpha_bkw) * ema_gz * z
+        ema_gz.add_((g_hat * z).mean(0))
+        return g_hat * torch.rsqrt(var + ctx.eps), (grad * z).sum(0), grad.sum(0), None, None, None, None, None
+
+
+class PowerNorm(nn.Module):
+    """PowerNorm as its official code does it (MaskPowerNorm): each token first divided by the RMS of
+    each of its channel groups (one group per head: GroupScaling1D), then per channel x / sqrt(psi2)
+    without centring. psi2 is the quadratic mean over the batch's real tokens while the step count is
+    within the warmup (the official code passes the learning-rate warmup, here train.warmup_steps),
+    and the running quadratic mean after it (psi2 <- 0.9 psi2 + 0.1 psi2_B; during the warmup also a
+    cumulative mean, as the code does). The backward is the code's approximation (_PowerFunction).
+    After the warmup the forward uses running statistics only, so it is causal; during it, like
+    BatchNorm, a token's output depends on the batch."""
+
+    def __init__(self, d: int, eps: float, heads: int = 1, warmup: int = 0, **_):
+        super().__init__()
+        self.groups, self.eps, self.warmup = heads, eps, warmup
+        self.alpha_fwd, self.alpha_bkw, self.group_eps = 0.9, 0.9, 1e-5  # the code's defaults
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.register_buffer("running_phi", torch.ones(d))
+        self.register_buffer("ema_gz", torch.zeros(d))
+        self.register_buffer("iters", torch.zeros((), dtype=torch.long))
+
+    def group_scale(self, x):
+        shape = x.shape
+        g = x.reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
+        return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.group_eps)).reshape(shape)
+
+    def forward(self, x, mask=None):
+        shape = x.shape
+        x = self.group_scale(x)
+        if not self.training:
+            return x * torch.rsqrt(self.running_phi.to(x.dtype) + self.eps) * self.weight + self.bias
+        self.iters += 1
+        step = int(self.iters)
+        flat = x.reshape(-1, shape[-1])
+        real = flat if mask is None else x[mask]
+        var = real.detach().pow(2).mean(0)  # the batch's quadratic mean over real tokens, per channel
+        phi = var if step <= self.warmup else self.running_phi.to(x.dtype)
+        y = _PowerFunction.apply(flat, self.weight, self.bias, phi, var, self.ema_gz, self.alpha_bkw, self.eps)
+        with torch.no_grad():
+            v = var.to(self.running_phi.dtype)
+            if step < self.warmup:
+                self.running_phi.copy_(self.running_phi * (step - 1) / step + v / step)
+            self.running_phi.copy_(self.alpha_fwd * self.running_phi + (1 - self.alpha_fwd) * v)
+        return y.reshape(shape)
+
+
+class Plugin(nn.Module):
+    """A registered norm (registry.py): the user's module, called with the mask only if it takes one."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        import inspect
+
+        self.inner = module
+        params = inspect.signature(module.forward).parameters
+        self.takes_mask = "mask" in params or len(params) > 1
+
+    def forward(self, x, mask=None):
+        return self.inner(x, mask) if self.takes_mask else self.inner(x)
+
+
 class Identity(nn.Module):
     def __init__(self, *_, **__):
         super().__init__()
@@ -153,10 +253,22 @@ NORMS: dict[str, type[nn.Module]] = {
     "batchnorm": BatchNorm,
     "batchnorm_masked": MaskedBatchNorm,
     "batchnorm_causal": CausalBatchNorm,
+    "derf": Derf,
+    "powernorm": PowerNorm,
     "none": Identity,
 }
 
 
-def make_norm(name: str, d: int, eps: float = 1e-5, dyt_alpha: float = 1.0) -> nn.Module:
-    return NORMS[name](d, eps=eps, alpha=dyt_alpha)
+def make_norm(name: str, d: int, eps: float = 1e-5, dyt_alpha: float = 1.0, heads: int = 1,
+              warmup: int = 0) -> nn.Module:
+    """A norm over the last dimension d: a built-in one, or one registered by a plugin (registry.py).
+    ``heads``: PowerNorm's channel groups; ``warmup``: PowerNorm's steps of batch statistics."""
+    if name in NORMS:
+        return NORMS[name](d, eps=eps, alpha=dyt_alpha, heads=heads, warmup=warmup)
+    from .registry import factory_of
+
+    factory = factory_of(name)
+    if factory is None:
+        raise KeyError(f"unknown norm {name!r}")
+    return Plugin(factory(d))
 

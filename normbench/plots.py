@@ -1,12 +1,12 @@
 """Figures for a comparison, drawn headless with matplotlib (imported only here).
 
-Each function takes a ``Comparison`` and a PNG path and returns the path, or None when
-there is nothing to draw (no lr sweep, no per-layer profile). Files are written to a
+Each function takes a ``Comparison``, a file path (.png, .pdf or .svg) and optionally the
+report's ``Palette`` (one style per configuration across its figures), and returns the path,
+or None when there is nothing to draw (no lr sweep, no per-layer profile). Files are written to a
 temporary name and renamed, so a figure is never half-written.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -25,13 +25,39 @@ def _pyplot():
     return plt
 
 
-def _styles(n: int):
-    """(color, linestyle) per group: 10 colours, then the same colours dashed, then dotted."""
-    import matplotlib
+class Palette:
+    """One style per configuration across every figure of a report: the colour follows the factors
+    that shape the model and data (norm, placement, depth...), the line style the training factors
+    (learning rate, warmup...; AFTER_INIT), in the order of the comparison's table. A figure that
+    groups more coarsely (per model in the gradient profile, per model without lr in the LR
+    sensitivity) draws each configuration in the colour it has everywhere else."""
 
-    colors = matplotlib.colormaps["tab10"].colors
-    dashes = ["-", "--", ":", "-."]
-    return [(colors[i % 10], dashes[(i // 10) % len(dashes)]) for i in range(n)]
+    def __init__(self, c: Comparison):
+        import matplotlib
+
+        self.model_keys = [k for k in c.by if k not in AFTER_INIT]
+        self.train_keys = [k for k in c.by if k in AFTER_INIT and k != LR]
+        self.lr = LR in c.by
+        self.colors = matplotlib.colormaps["tab10"].colors
+        self.models = list(dict.fromkeys(self._key(r, self.model_keys) for _, r in c.table.iterrows()))
+        self.trains = list(dict.fromkeys(self._key(r, self.train_keys + ([LR] if self.lr else []))
+                                         for _, r in c.table.iterrows()))
+
+    @staticmethod
+    def _key(row, keys) -> tuple:
+        return tuple(_plain(row[k]) if k in row else "-" for k in keys)
+
+    def style(self, row, with_lr: bool = True) -> tuple:
+        """(color, linestyle) for a group row (a Series or dict with the factor values)."""
+        i = self.models.index(self._key(row, self.model_keys)) if self.model_keys else 0
+        keys = self.train_keys + ([LR] if self.lr and with_lr else [])
+        j = 0
+        if keys:
+            key = self._key(row, keys)
+            options = list(dict.fromkeys(t[:len(keys)] for t in self.trains)) if not with_lr else self.trains
+            j = options.index(key) if key in options else 0
+        dashes = ["-", "--", ":", "-."]
+        return self.colors[i % 10], dashes[(j + i // 10) % len(dashes)]
 
 
 def _save(fig, path: Path) -> Path:
@@ -46,99 +72,115 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, list]:
-    """metrics.jsonl as columns: step, loss, grad_norm (training steps only); update_step,
-    model_update (the steps where the model update was measured)."""
-    steps, loss, grad, ustep, update = [], [], [], [], []
-    try:
-        with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if "loss" in rec:
-                    steps.append(rec["step"])
-                    loss.append(_num(rec["loss"]))
-                    grad.append(_num(rec.get("grad_norm")))
-                if "model_update" in rec:
-                    ustep.append(rec["step"])
-                    update.append(_num(rec["model_update"]))
-    except (OSError, ValueError):
-        pass
-    return {"step": steps, "loss": loss, "grad_norm": grad, "update_step": ustep, "model_update": update}
-
-
-def _num(v) -> float:
-    return float(v) if v is not None else math.nan
-
-
-def _smooth(values: list[float], window: int) -> list[float]:
-    """Trailing running mean, NaN-aware (a diverged tail stays visible as its last finite value)."""
+def _smooth(values, window: int, log: bool = False):
+    """Trailing running mean (of log values when ``log``: a geometric mean, right on a log axis),
+    NaN-aware (a diverged tail stays visible as its last finite value)."""
+    import numpy as np
     import pandas as pd
 
-    return pd.Series(values, dtype=float).rolling(window, min_periods=1).mean().tolist()
+    series = pd.Series(values, dtype=float)
+    if log:
+        series = np.log(series.where(series > 0))
+    out = series.rolling(window, min_periods=1).mean()
+    return np.exp(out).to_numpy() if log else out.to_numpy()
 
 
-def _mean_band(curves: list[tuple[list, list]]):
-    """Align curves on their steps; mean and std over the curves that reach each step."""
-    import pandas as pd
+def _band(frame, log: bool):
+    """Mean and a ±1 std band over the columns (seeds) of ``frame`` (steps x seeds). On a log axis the
+    mean and std are of log values (geometric mean, band mean ×/÷ exp(std)), so the band never
+    reaches zero; seeds that do not reach a step are left out there."""
+    import numpy as np
 
-    frame = pd.concat([pd.Series(v, index=s, dtype=float) for s, v in curves], axis=1)
-    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), frame.std(axis=1, ddof=1).fillna(0).to_numpy()
+    values = np.log(frame.where(frame > 0)) if log else frame
+    mean, std = values.mean(axis=1), values.std(axis=1, ddof=1).fillna(0)
+    if log:
+        return np.exp(mean), np.exp(mean - std), np.exp(mean + std)
+    return mean, mean - std, mean + std
 
 
-def curves(c: Comparison, path: str | Path) -> Path:
-    """Panels: training loss (smoothed), validation loss (seed mean with a ±1 std band), global
-    gradient norm (log scale, smoothed), and the model update (log scale) when the runs measured
-    it; one line per group. Diverged seeds are drawn thin, ending in x."""
+# panel: (metric column, title, y label, log scale, smoothed) ; drawn when some run logged the metric
+PANELS = [
+    ("loss", "training loss", "loss (nats)", False, True),
+    ("val_loss", "validation loss (seed mean ± std)", "loss (nats)", False, False),
+    ("grad_norm", "global gradient norm before clipping", "‖g‖₂", True, True),
+    ("attn_logit_max", "largest attention logit q·k/√d_h (seed geometric mean; thin: max over seeds)",
+     "max |logit| over heads and layers", True, False),
+    ("model_update", "model update ‖F(x, θ_t) − F(x, θ_0)‖ (Wang et al. 2022)",
+     "RMS change of the logits on a fixed batch", True, False),
+]
+
+
+def curves(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path:
+    """The training curves (``curves_figure``) written to ``path``."""
+    return _save(curves_figure(c, palette), path)
+
+
+def curves_figure(c: Comparison, palette: Palette | None = None):
+    """Panels: training loss (running mean), validation loss (seed mean, ±1 std band), global gradient
+    norm (log scale: a geometric running mean, and thin the per-step maximum over seeds, so a one-step
+    burst shows at its height), the largest attention logit and the model update (log scale), each
+    when the runs logged it; one colour per configuration (``Palette``). Diverged seeds are drawn
+    thin, ending in x, and are left out of the means."""
+    from .curves import runs_curves
+
     plt = _pyplot()
-    logs = {r["run_id"]: read_metrics(r["path"]) for _, r in c.runs.iterrows()}
-    with_update = any(log["update_step"] for log in logs.values())  # runs made before 0.2.0 have none
-    fig, grid = plt.subplots(2, 2, figsize=(14, 9)) if with_update else plt.subplots(1, 3, figsize=(16, 4.8))
+    palette = palette or Palette(c)
+    frame = runs_curves(c.runs, [k for k in c.by if k in c.runs])
+    panels = [p for p in PANELS if p[0] in frame and frame[p[0]].notna().any()] or PANELS[:3]
+    ncols = 2 if len(panels) <= 4 else 3
+    nrows = math.ceil(len(panels) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4.5 * nrows), squeeze=False)
     axes = list(grid.ravel())
-    groups = list(dict.fromkeys(c.table.apply(c.label, axis=1)))
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     steps_max = int(c.runs["steps_done"].max() or 1)
     window = max(1, steps_max // 50)
     diverged = []
-    for (color, ls), label in zip(_styles(len(groups)), groups):
+    for _, row in c.table.iterrows():
+        label = c.label(row)
+        color, ls = palette.style(row)
         g = c.runs[c.runs["group"] == label]
-        ok = g[~g["diverged"]]
-        train_curves = [(logs[r]["step"], _smooth(logs[r]["loss"], window)) for r in ok["run_id"]]
-        grad_curves = [(logs[r]["step"], _smooth(logs[r]["grad_norm"], window)) for r in ok["run_id"]]
-        update_curves = [(logs[r]["update_step"], logs[r]["model_update"]) for r in ok["run_id"]]
-        val_curves = [([s for s, v in vl if v is not None], [v for s, v in vl if v is not None])
-                      for vl in ok["val_losses"]] if "val_losses" in ok else []
-        n = f" (n={len(g)}{', ' + str(len(g) - len(ok)) + ' diverged' if len(ok) < len(g) else ''})"
-        panels = [(axes[0], train_curves), (axes[1], val_curves), (axes[2], grad_curves)]
-        for ax, cs in panels + ([(axes[3], update_curves)] if with_update else []):
-            cs = [cv for cv in cs if cv[0]]
-            if not cs:
+        ok_ids = list(g.loc[~g["diverged"], "run_id"])
+        n = f" (n={len(g)}{', ' + str(len(g) - len(ok_ids)) + ' diverged' if len(ok_ids) < len(g) else ''})"
+        for ax, (metric, _, _, log, smooth) in zip(axes, panels):
+            wide = _wide(frame, ok_ids, metric)
+            if wide is None:
                 continue
-            x, mean, std = _mean_band(cs)
-            ax.plot(x, mean, color=color, ls=ls, lw=1.6, label=label + n,
-                    marker="o" if ax is axes[1] else None, ms=3)
-            if len(cs) > 1:
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
-        if len(ok) < len(g):
-            diverged.append((color, ls, label + n, len(ok) == 0,
-                             [logs[r] for r in g.loc[g["diverged"], "run_id"]]))
+            if smooth:
+                wide = wide.apply(lambda col: _smooth(col.to_numpy(), window, log))
+            mean, lo, hi = _band(wide, log)
+            ax.plot(wide.index, mean, color=color, ls=ls, lw=1.6, label=label + n,
+                    marker="o" if metric == "val_loss" else None, ms=3)
+            if wide.shape[1] > 1:
+                ax.fill_between(wide.index, lo, hi, color=color, alpha=0.18, lw=0)
+            if metric in ("grad_norm", "attn_logit_max"):  # the maxima, unsmoothed: bursts at their height
+                raw = _wide(frame, ok_ids, metric)
+                ax.plot(raw.index, raw.max(axis=1), color=color, ls=ls, lw=0.6, alpha=0.55)
+        if len(ok_ids) < len(g):
+            diverged.append((color, ls, label + n, not ok_ids, list(g.loc[g["diverged"], "run_id"])))
     # diverged runs end far above the rest: clip them to the top of the finished curves, mark the end with x
     top = axes[0].get_ylim()[1] if axes[0].lines else None
-    for color, ls, label, all_diverged, group_logs in diverged:
-        for i, log in enumerate(lg for lg in group_logs if lg["step"]):
-            for ax, key in ((axes[0], "loss"), (axes[2], "grad_norm")):
-                ys = _smooth(log[key], window)
-                if ax is axes[0] and top is not None:
+    for color, ls, label, all_diverged, run_ids in diverged:
+        for i, rid in enumerate(run_ids):
+            log_frame = frame[frame["run_id"] == rid]
+            for ax, (metric, _, _, log, smooth) in zip(axes, panels):
+                if metric not in ("loss", "grad_norm") or log_frame[metric].notna().sum() == 0:
+                    continue
+                sub = log_frame[["step", metric]].dropna()
+                ys = _smooth(sub[metric].to_numpy(), window, log) if smooth else sub[metric].to_numpy()
+                if metric == "loss" and top is not None:
                     ys = [min(y, top) for y in ys]
-                ax.plot(log["step"], ys, color=color, ls=ls, lw=0.8, alpha=0.7,
-                        label=label if (all_diverged and i == 0 and ax is axes[0]) else None)
-                ax.plot(log["step"][-1], ys[-1], marker="x", color=color, ms=8, mew=2)
+                ax.plot(sub["step"], ys, color=color, ls=ls, lw=0.8, alpha=0.7,
+                        label=label if (all_diverged and i == 0 and metric == "loss") else None)
+                ax.plot(sub["step"].iloc[-1], ys[-1], marker="x", color=color, ms=8, mew=2)
     smoothing = f"running mean over {window} steps" if window > 1 else "every step"
-    axes[0].set(title=f"training loss ({smoothing})", xlabel="step", ylabel="loss (nats)")
-    axes[1].set(title="validation loss (seed mean ± std)", xlabel="step", ylabel="loss (nats)")
-    axes[2].set(title="global gradient norm before clipping", xlabel="step", ylabel="‖g‖₂", yscale="log")
-    if with_update:
-        axes[3].set(title="model update ‖F(x, θ_t) − F(x, θ_0)‖ (seed mean; Wang et al. 2022)", xlabel="step",
-                    ylabel="RMS change of the logits on a fixed batch", yscale="log")
-    for ax in axes:
+    for ax, (metric, title, ylabel, log, smooth) in zip(axes, panels):
+        if metric == "loss":
+            title = f"{title} ({smoothing})"
+        elif metric == "grad_norm":
+            title = f"{title}: seed geometric mean of the {smoothing.replace('running mean', 'running geometric mean')}; thin: per-step max over seeds"
+        ax.set(title=title, xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     fig.tight_layout()  # room for the log axis's tick labels between the panels
     handles, labels = axes[0].get_legend_handles_labels()
@@ -149,7 +191,17 @@ def curves(c: Comparison, path: str | Path) -> Path:
                bbox_to_anchor=(0.5, -0.02 - row * math.ceil(len(labels) / 4)), frameon=False)
     if diverged:
         fig.suptitle("x marks where a diverged run stopped (its loss clipped to the top of the axis)", fontsize=9, y=1.03)
-    return _save(fig, path)
+    return fig
+
+
+def _wide(frame, run_ids: list[str], metric: str):
+    """steps x runs of ``metric`` for ``run_ids``; None when none of them logged it."""
+    if metric not in frame or not run_ids:
+        return None
+    sub = frame[frame["run_id"].isin(run_ids)][["run_id", "step", metric]].dropna()
+    if sub.empty:
+        return None
+    return sub.pivot_table(index="step", columns="run_id", values=metric, aggfunc="first").sort_index()
 
 
 # training keys that cannot change the gradient at step 0: groups differing only in them share a profile
@@ -159,7 +211,7 @@ AFTER_INIT = {"train.steps", "train.lr", "train.warmup_steps", "train.schedule",
               "train.divergence_margin"}
 
 
-def grad_norm_init(c: Comparison, path: str | Path) -> Path | None:
+def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
     """Per-layer feed-forward gradient norm at initialisation (before clipping), seed mean, log scale;
     one line per combination of the factors that can change it (model, data, batch size...), so a
     warmup or lr sweep draws one line per placement rather than identical copies."""
@@ -170,10 +222,13 @@ def grad_norm_init(c: Comparison, path: str | Path) -> Path | None:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    palette = palette or Palette(c)
     by = [k for k in c.by if k not in AFTER_INIT]
     labels = c.runs.apply(lambda r: group_label(r, by), axis=1)
     groups = list(dict.fromkeys(labels))
-    for (color, ls), label in zip(_styles(len(groups)), groups):
+    for label in groups:
+        first = c.runs[labels == label].iloc[0]
+        color, ls = palette.style({k: first[k] for k in by}, with_lr=False)
         profiles = [p for p in c.runs.loc[labels == label, col] if p]
         if not profiles:
             continue
@@ -191,15 +246,17 @@ def grad_norm_init(c: Comparison, path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
-def lr_sensitivity(c: Comparison, path: str | Path) -> Path | None:
+def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
     """Loss against learning rate (log x) per combination of the other factors; the cap ln V dashed."""
     if c.sensitivity is None:
         return None
     plt = _pyplot()
+    palette = palette or Palette(c)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     others = [k for k in c.by if k != LR]
     names = short_names(others)
-    for (color, ls), (_, r) in zip(_styles(len(c.sensitivity)), c.sensitivity.iterrows()):
+    for _, r in c.sensitivity.iterrows():
+        color, ls = palette.style(r, with_lr=False)
         lrs, losses = zip(*r["curve"])
         label = ", ".join(f"{names[k]}={_plain(r[k])}" for k in others) or "all runs"
         ax.plot(lrs, losses, color=color, ls=ls, marker="o", ms=4,

@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 
 from .config import RunConfig, check_dotted_key, from_dict, set_dotted, suggest
-from .errors import NormbenchError
+from .errors import NormbenchError, Problems
 
 RECIPE_KEYS = ("name", "description", "base", "sweep")
 SWEEP_KEYS = ("grid", "zip", "seeds")
+MAX_PROBLEMS = 10  # a sweep's runs can repeat one mistake many times: stop listing after this many
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -87,7 +88,8 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def parse_set(items: list[str] | dict | None) -> dict[str, Any]:
-    """``["train.lr=3e-4", "model.norm=rmsnorm"]`` (or a dict) -> {dotted key: value}; values are YAML."""
+    """``["train.lr=3e-4", "model.norm=rmsnorm", "sweep.seeds=3"]`` (or a dict) -> {dotted key: value};
+    values are YAML. Config keys, ``sweep.seeds`` and ``sweep.grid.<config key>`` (a list: an axis)."""
     if not items:
         return {}
     if isinstance(items, dict):
@@ -102,13 +104,32 @@ def parse_set(items: list[str] | dict | None) -> dict[str, Any]:
                 pairs.append((k.strip(), yaml.safe_load(v) if v.strip() else v))
             except yaml.YAMLError:
                 pairs.append((k.strip(), v))
+    problems = Problems()
     for k, _ in pairs:
-        check_dotted_key(k)
+        with problems.check():
+            if k == "sweep.seeds":
+                continue
+            if k.startswith("sweep.grid."):
+                try:
+                    check_dotted_key(k[len("sweep.grid."):])
+                except NormbenchError as e:
+                    raise NormbenchError(e.message, key=k) from None
+                continue
+            try:
+                check_dotted_key(k)
+            except NormbenchError as e:
+                sweep = " (or sweep.seeds, sweep.grid.KEY)" if k.startswith("sweep") else ""
+                raise NormbenchError(e.message + sweep, key=k) from None
+    for e in problems.errors:  # a mistake on the command line is the flag's, not the file's
+        e.key = f"--set {e.key}"
+    problems.raise_any()
     return dict(pairs)
 
 
 def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = None) -> Recipe:
-    """Read, validate and expand a recipe (a path or a dict). Raises NormbenchError."""
+    """Read, validate and expand a recipe (a path or a dict). Raises NormbenchError, or
+    NormbenchErrors listing every problem found. Problems in ``overrides`` (``--set``) are named by
+    their flag, without the file; ``--set data.path`` is relative to the current folder."""
     file = None
     if isinstance(source, (str, Path)):
         file = str(source)
@@ -116,72 +137,131 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         base_dir = Path(source).resolve().parent
     else:
         raw, base_dir = copy.deepcopy(source), Path.cwd()
+    sets = parse_set(overrides)
     try:
-        return _build(raw, parse_set(overrides), base_dir, default_name=Path(file).stem if file else "recipe",
-                      file=file)
+        recipe = _build(raw, sets, base_dir, default_name=Path(file).stem if file else "recipe")
     except NormbenchError as e:
-        raise e.with_file(file) from None
+        for err in getattr(e, "errors", None) or [e]:
+            if not (err.key or "").startswith("--"):
+                err.with_file(file)
+        raise e from None
+    recipe.path = file
+    return recipe
 
 
-def _build(raw: Any, sets: dict, base_dir: Path, default_name: str, file: str | None) -> Recipe:
+def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
     if raw is None:
-        raw = {}
+        raise NormbenchError("is empty; a recipe needs at least a name or a base: mapping (see recipes/)")
     if not isinstance(raw, dict):
         raise NormbenchError(f"the top level must be a mapping with keys {', '.join(RECIPE_KEYS)}, "
                              f"got {type(raw).__name__}")
+    problems = Problems()
     for k in raw:
         if k not in RECIPE_KEYS:
-            raise NormbenchError(f"unknown top-level key{suggest(str(k), RECIPE_KEYS)}; expected "
-                                 f"{', '.join(RECIPE_KEYS)} (config keys go under base:)", key=str(k))
+            problems.add(NormbenchError(f"unknown top-level key{suggest(str(k), RECIPE_KEYS)}; expected "
+                                        f"{', '.join(RECIPE_KEYS)} (config keys go under base:)", key=str(k)))
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise NormbenchError(f"expected a plain folder name (letters, digits, . _ -; no '/' or '..'), got {name!r}",
-                             key="name")
+        problems.add(NormbenchError(f"expected a plain folder name (letters, digits, . _ -; no '/' or '..'), "
+                                    f"got {name!r}", key="name"))
     description = raw.get("description") or ""
     if not isinstance(description, str):
-        raise NormbenchError("expected a string", key="description")
+        problems.add(NormbenchError("expected a string", key="description"))
     base = raw.get("base") or {}
     if not isinstance(base, dict):
-        raise NormbenchError(f"expected a mapping, got {type(base).__name__}", key="base")
+        problems.add(NormbenchError(f"expected a mapping, got {type(base).__name__}", key="base"))
+        base = {}
     base = copy.deepcopy(base)
-    axes, zipped, seeds = _sweep(raw.get("sweep"))
+    axes, zipped, seeds = _sweep(raw.get("sweep"), problems)
+    flagged = _apply_sets(sets, base, axes, zipped, problems)
+    if "seed" in flagged and "sweep.seeds" not in sets:
+        seeds = None
+    if "sweep.seeds" in sets:
+        with problems.check():
+            seeds = _seeds(sets["sweep.seeds"], "--set sweep.seeds", axes, zipped)
+    try:
+        _resolve_path(base, base_dir, "base.data.path")
+    except NormbenchError as e:  # every run would fail on it again
+        problems.add(e)
+        problems.raise_any()
+    # go on with what is valid: the runs' own mistakes are reported with those found so far
 
-    for k, v in sets.items():  # --set fixes a key: it replaces a swept axis and the base value
-        if k in zipped:
-            raise NormbenchError("is varied together with other keys by sweep.zip; edit the recipe instead",
-                                 key=f"--set {k}")
-        axes.pop(k, None)
-        if k == "seed":
-            seeds = None
-        set_dotted(base, k, v)
-    _resolve_path(base, base_dir, "base.data.path")
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     seed_list = [{"seed": s} for s in seeds] if seeds is not None else [{}]
     runs, seen = [], set()
     combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes.items()]))
     total = len(combos) * len(zip_rows) * len(seed_list)
+    failed: dict[tuple, list] = {}  # (key, message) -> [error, runs it appears in, first run: number, label]
+    index = 0
     for combo in combos:
         for zrow in zip_rows:
             for srow in seed_list:
                 values = {**dict(combo), **zrow, **srow}
+                index += 1
                 run_raw = copy.deepcopy(base)
                 for k, v in values.items():
                     set_dotted(run_raw, k, v)
-                _resolve_path(run_raw, base_dir, "sweep: data.path")
                 try:
+                    if "data.path" in values:  # a swept path; the base's is resolved above
+                        _resolve_path(run_raw, base_dir, "sweep: data.path")
                     cfg = from_dict(run_raw)
                 except NormbenchError as e:
-                    if not values:
-                        raise
-                    label = ", ".join(f"{k}={v}" for k, v in values.items())
-                    raise NormbenchError(f"{e.message} (in run {len(runs) + 1} of {total}: {label})",
-                                         key=e.key) from None
+                    for err in getattr(e, "errors", None) or [e]:
+                        entry = failed.setdefault((err.key, err.message), [err, 0, index, _label(values)])
+                        entry[1] += 1
+                    if len(failed) >= MAX_PROBLEMS:
+                        break
+                    continue
                 spec = RunSpec(cfg, values)
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)
                     runs.append(spec)
+    for err, count, first, label in failed.values():
+        if err.key in flagged:  # the value came from --set
+            err.key = f"--set {err.key}"
+        if total > 1:
+            err.message += (" (in every run)" if count == total else f" (in run {first} of {total}: {label})"
+                            if count == 1 else f" (in {count} of {total} runs, the first run {first}: {label})")
+        problems.add(err)
+    problems.raise_any()
     varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
-    return Recipe(name=name, description=description, runs=runs, varied=varied, path=file)
+    return Recipe(name=name, description=description, runs=runs, varied=varied)
+
+
+def _label(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
+
+
+def _apply_sets(sets: dict, base: dict, axes: dict, zipped: dict, problems: Problems) -> set[str]:
+    """Apply ``--set``: a config key fixes the key (replacing a swept axis and the base value), a
+    ``sweep.grid.KEY`` list becomes an axis. Returns the config keys whose values came from a flag."""
+    flagged = set()
+    for k, v in sets.items():
+        with problems.check():
+            if k == "sweep.seeds":
+                continue
+            if k.startswith("sweep.grid."):
+                key = k[len("sweep.grid."):]
+                if key in zipped:
+                    raise NormbenchError("is varied by sweep.zip; edit the recipe instead", key=f"--set {k}")
+                if not isinstance(v, list) or not v or len({repr(x) for x in v}) != len(v):
+                    raise NormbenchError(f"expected a non-empty list of distinct values, e.g. [1, 2], got {v!r}",
+                                         key=f"--set {k}")
+                axes[key] = v
+                flagged.add(key)
+                continue
+            if k in zipped:
+                raise NormbenchError("is varied together with other keys by sweep.zip; edit the recipe instead",
+                                     key=f"--set {k}")
+            axes.pop(k, None)
+            if k == "data.path" and isinstance(v, str):  # typed on the command line: relative to here
+                path = (Path.cwd() / v).resolve()
+                if not path.is_file():
+                    raise NormbenchError(f"no such file: {path}", key=f"--set {k}")
+                v = str(path)
+            set_dotted(base, k, v)
+            flagged.add(k)
+    return flagged
 
 
 def _resolve_path(raw: dict, base_dir: Path, where: str) -> None:
@@ -194,50 +274,62 @@ def _resolve_path(raw: dict, base_dir: Path, where: str) -> None:
         data["path"] = str(path)
 
 
-def _sweep(raw: Any) -> tuple[dict, dict, list[int] | None]:
+def _sweep(raw: Any, problems: Problems) -> tuple[dict, dict, list[int] | None]:
     if raw is None:
         return {}, {}, None
     if not isinstance(raw, dict):
-        raise NormbenchError(f"expected a mapping with keys {', '.join(SWEEP_KEYS)}", key="sweep")
+        problems.add(NormbenchError(f"expected a mapping with keys {', '.join(SWEEP_KEYS)}", key="sweep"))
+        return {}, {}, None
     for k in raw:
         if k not in SWEEP_KEYS:
-            raise NormbenchError(f"unknown key{suggest(str(k), SWEEP_KEYS)}; expected {', '.join(SWEEP_KEYS)}",
-                                 key=f"sweep.{k}")
+            problems.add(NormbenchError(f"unknown key{suggest(str(k), SWEEP_KEYS)}; expected {', '.join(SWEEP_KEYS)}",
+                                        key=f"sweep.{k}"))
     axes, zipped = {}, {}
     for section, out in (("grid", axes), ("zip", zipped)):
         block = raw.get(section) or {}
         if not isinstance(block, dict):
-            raise NormbenchError("expected a mapping of dotted keys to lists", key=f"sweep.{section}")
+            problems.add(NormbenchError("expected a mapping of dotted keys to lists", key=f"sweep.{section}"))
+            continue
         for k, vs in block.items():
             where = f"sweep.{section}.{k}"
-            try:
-                check_dotted_key(str(k))
-            except NormbenchError as e:
-                raise NormbenchError(e.message, key=where) from None
-            if not isinstance(vs, list) or not vs:
-                raise NormbenchError(f"expected a non-empty list of values, got {vs!r}", key=where)
-            if len({repr(v) for v in vs}) != len(vs):
-                raise NormbenchError(f"repeated value in {vs!r}", key=where)
-            out[str(k)] = vs
+            with problems.check():
+                try:
+                    check_dotted_key(str(k))
+                except NormbenchError as e:
+                    raise NormbenchError(e.message, key=where) from None
+                if not isinstance(vs, list) or not vs:
+                    raise NormbenchError(f"expected a non-empty list of values, got {vs!r}", key=where)
+                if len({repr(v) for v in vs}) != len(vs):
+                    raise NormbenchError(f"repeated value in {vs!r}", key=where)
+                out[str(k)] = vs
     both = set(axes) & set(zipped)
     if both:
-        raise NormbenchError("a key cannot be in both sweep.grid and sweep.zip", key=f"sweep.zip.{sorted(both)[0]}")
+        problems.add(NormbenchError("a key cannot be in both sweep.grid and sweep.zip",
+                                    key=f"sweep.zip.{sorted(both)[0]}"))
     lengths = {k: len(v) for k, v in zipped.items()}
     if len(set(lengths.values())) > 1:
-        raise NormbenchError("zip lists must have equal lengths, got " +
-                             ", ".join(f"{k}: {n}" for k, n in lengths.items()), key="sweep.zip")
-    seeds = raw.get("seeds")
-    if seeds is not None:
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            if seeds < 1:
-                raise NormbenchError(f"expected a count >= 1 or a list of seeds, got {seeds}", key="sweep.seeds")
-            seeds = list(range(seeds))
-        elif not (isinstance(seeds, list) and seeds and
-                  all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-            raise NormbenchError(f"expected a count n (seeds 0..n-1) or a non-empty list of integers >= 0, "
-                                 f"got {seeds!r}", key="sweep.seeds")
-        elif len(set(seeds)) != len(seeds):
-            raise NormbenchError(f"repeated seed in {seeds!r}", key="sweep.seeds")
-        if "seed" in axes or "seed" in zipped:
-            raise NormbenchError("seed is swept both by sweep.seeds and by grid/zip; keep one", key="sweep.seeds")
+        problems.add(NormbenchError("zip lists must have equal lengths, got " +
+                                    ", ".join(f"{k}: {n}" for k, n in lengths.items()), key="sweep.zip"))
+        zipped = {}
+    seeds = None
+    if raw.get("seeds") is not None:
+        with problems.check():
+            seeds = _seeds(raw["seeds"], "sweep.seeds", axes, zipped)
     return axes, zipped, seeds
+
+
+def _seeds(seeds: Any, where: str, axes: dict, zipped: dict) -> list[int]:
+    """sweep.seeds: a count n (seeds 0..n-1) or a list of distinct integers >= 0."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise NormbenchError(f"expected a count >= 1 or a list of seeds, got {seeds}", key=where)
+        seeds = list(range(seeds))
+    elif not (isinstance(seeds, list) and seeds and
+              all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise NormbenchError(f"expected a count n (seeds 0..n-1) or a non-empty list of integers >= 0, "
+                             f"got {seeds!r}", key=where)
+    elif len(set(seeds)) != len(seeds):
+        raise NormbenchError(f"repeated seed in {seeds!r}", key=where)
+    if "seed" in axes or "seed" in zipped:
+        raise NormbenchError("seed is swept both by sweep.seeds and by grid/zip; keep one", key=where)
+    return seeds

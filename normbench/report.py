@@ -22,10 +22,13 @@ from .compare import Comparison, _plain, _sens_metric, display_rows, fmt_value, 
     short_names
 
 FIGURES = "figures"
+FORMATS = ("png", "pdf", "svg")
 
 
-def write_report(c: Comparison, out_dir: str | Path, command: str | None = None) -> Path:
-    """Draw the figures, then write ``out_dir/report.md``; ``command`` is how to regenerate it.
+def write_report(c: Comparison, out_dir: str | Path, command: str | None = None,
+                 formats: list[str] | tuple = ()) -> Path:
+    """Draw the figures, then write ``out_dir/report.md``; ``command`` is how to regenerate it;
+    ``formats`` (``pdf``, ``svg``): the figures in these formats too, beside the PNGs.
 
     When ``c`` spans several recipes with detected factors (``c.per_recipe()`` splits it), each
     recipe gets its own report in its folder and ``out_dir/report.md`` is an index of them."""
@@ -33,14 +36,15 @@ def write_report(c: Comparison, out_dir: str | Path, command: str | None = None)
     command = command or f"normbench report {out_dir}"
     parts = c.per_recipe()
     if len(parts) == 1:
-        return _write_one(c, out_dir, command)
+        return _write_one(c, out_dir, command, formats)
     written = []
     for part in parts:
         dest = report_home(part, out_dir)
         again = f"normbench report {dest}" if len(part.sources) == 1 else command
-        written.append((part, _write_one(part, dest, again)))
+        written.append((part, _write_one(part, dest, again, formats)))
     for name in DRAW:  # the index has no figures: drop those of an earlier single report
-        (out_dir / FIGURES / f"{name}.png").unlink(missing_ok=True)
+        for fmt in FORMATS:
+            (out_dir / FIGURES / f"{name}.{fmt}").unlink(missing_ok=True)
     path = out_dir / "report.md"
     store.write_atomic(path, render_index(c, written, out_dir, command))
     return path
@@ -83,12 +87,16 @@ def _has_updates(c: Comparison) -> bool:
     return "max_model_update" in c.runs and c.runs["max_model_update"].notna().any()
 
 
-def _write_one(c: Comparison, out_dir: Path, command: str) -> Path:
+def _write_one(c: Comparison, out_dir: Path, command: str, formats=()) -> Path:
     fig_dir = out_dir / FIGURES
-    figs = {name: draw(c, fig_dir / f"{name}.png") for name, draw in DRAW.items()}
+    palette = plots.Palette(c)  # one colour per configuration in every figure
+    figs = {name: draw(c, fig_dir / f"{name}.png", palette) for name, draw in DRAW.items()}
     for name, path in figs.items():
-        if path is None:
-            (fig_dir / f"{name}.png").unlink(missing_ok=True)
+        for fmt in FORMATS:
+            if path is None or (fmt != "png" and fmt not in formats):  # stale: not drawn or not asked for
+                (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
+            elif fmt != "png":
+                DRAW[name](c, fig_dir / f"{name}.{fmt}", palette)
     text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir, command)
     path = out_dir / "report.md"
     store.write_atomic(path, text)
@@ -119,9 +127,13 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
                   f"![loss against learning rate]({figs['lr_sensitivity']})", ""]
     lines += ["## Training curves", "",
               "Training loss (running mean), validation loss (seed mean, band ±1 std over seeds), the global "
-              "gradient norm before clipping (log scale)"
+              "gradient norm before clipping (log scale: the seeds' geometric mean of a running geometric mean, "
+              "band ×/÷ one geometric std, and a thin line for the per-step maximum over seeds, so a one-step "
+              "burst shows at its height), the largest attention logit q·k/√d_h over heads and layers "
+              "(measured every `train.measure_every` steps; log scale; thin: the maximum over seeds)"
               + (" and the model update ‖F(x, θ_t) − F(x, θ_0)‖, the RMS change of the logits on a fixed batch "
-                 "(log scale; Wang et al. 2022)" if _has_updates(c) else "") + ".", "",
+                 "(log scale; Wang et al. 2022)" if _has_updates(c) else "")
+              + ". One colour per configuration in every figure; line styles tell training settings apart.", "",
               f"![training curves]({figs['curves']})", ""]
     if "grad_norm_init" in figs:
         lines += ["## Gradient norm per layer at initialisation", "",

@@ -30,14 +30,33 @@ from .errors import NormbenchError
 
 SUMMARY, CONFIG, METRICS, ERROR, INDEX, LOCK = "summary.json", "config.yaml", "metrics.jsonl", "error.txt", "index.csv", ".lock"
 # summary entries that are lists or mappings stay in summary.json, not in the index
-INDEX_SKIP = {"spike_steps", "grad_norm_init_by_layer", "val_losses", "corpus", "versions"}
+INDEX_SKIP = {"spike_steps", "grad_norm_init_by_layer", "val_losses", "corpus", "versions", "resid_rms_by_layer",
+              "resid_rms_by_layer_init", "plugin"}
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers see all or nothing."""
+    """Write via a temporary file in the same folder and rename: readers see all or nothing. The
+    file gets the permissions a plain write would (0666 less the umask), not mkstemp's 0600, so
+    colleagues can read shared results."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # not on Windows
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

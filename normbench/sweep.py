@@ -1,7 +1,11 @@
 """A whole recipe: plan (resume), lock, execute, index. Used by the CLI and the Python API."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +15,35 @@ from .display import make_reporter
 from .errors import NormbenchError
 from .executors import make_executor, plan_parallelism
 from .recipe import Recipe, RunSpec, load_recipe
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``timeout``, ``kill``), handled as Ctrl-C is: the runs are stopped, their
+    folders left incomplete, completed runs kept; exit code 143 instead of 130."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the clean-up
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While a sweep runs, SIGTERM raises ``Terminated`` in the main thread, unless the program has
+    a SIGTERM handler of its own (the CLI installs this one for its whole life)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that trains, but not as its keys suggest (a leaky norm, a warmup longer than the run)."""
 
 
 @dataclass
@@ -44,6 +77,25 @@ def causality_warning(recipe: Recipe) -> str | None:
             f"or compare batchnorm_causal")
 
 
+def warmup_warning(recipe: Recipe) -> str | None:
+    """One line when some runs end before their warmup does (train.warmup_steps > train.steps): their
+    learning rate never reaches train.lr. A warning, not a refusal: a shortened look at a recipe
+    (``--set train.steps=50``) is legitimate, but it must not pass silently."""
+    short = [r for r in recipe.runs if r.cfg.train.warmup_steps > r.cfg.train.steps]
+    if not short:
+        return None
+    pairs = sorted({(r.cfg.train.warmup_steps, r.cfg.train.steps) for r in short})
+    shown = ", ".join(f"train.warmup_steps={w} > train.steps={s} (lr peaks at {s / w:.0%} of train.lr)"
+                      for w, s in pairs[:3]) + (", ..." if len(pairs) > 3 else "")
+    return (f"{len(short)} of {len(recipe.runs)} run(s) end before their warmup does: {shown}; "
+            f"shorten the warmup too (--set train.warmup_steps=N) to study the recipe's learning rate")
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Every warning about a recipe that trains but not as its keys suggest (printed by ``run``)."""
+    return [w for w in (causality_warning(recipe), warmup_warning(recipe)) if w]
+
+
 def config_recipe(recipe: Recipe, spec: RunSpec) -> dict:
     """The run's config.yaml: a recipe that reruns exactly this run."""
     desc = f"run {spec.run_id} of recipe {recipe.name}" + (f" ({spec.label()})" if spec.values else "")
@@ -55,6 +107,7 @@ class Outcome:
     plan: Plan
     results: dict[str, str]  # run id -> final status, for the runs of this recipe
     interrupted: bool = False
+    terminated: bool = False  # the interruption was SIGTERM, not Ctrl-C
     elapsed_s: float = 0.0
     jobs: int = 1
     threads: int = 1
@@ -66,7 +119,7 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return 143 if self.terminated else 130
         return 1 if self.crashed else 0
 
 
@@ -77,7 +130,7 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
     recipe, t0 = plan.recipe, time.perf_counter()
     options = executor_options or {}
     reporter = reporter or make_reporter(quiet=True)
-    with store.Lock(plan.recipe_dir):
+    with sigterm_as_interrupt(), store.Lock(plan.recipe_dir):
         # plan again under the lock: another process may have finished runs meanwhile
         plan = make_plan(recipe, plan.recipe_dir.parent, plan.force, plan.retry_failed)
         if executor == "local":
@@ -125,9 +178,9 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
                         failed.append(spec.run_id)
                     store.rebuild_index(plan.recipe_dir)
                     reporter.finished(spec, st, run_dir)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
             engine.terminate()
-            outcome.interrupted = True
+            outcome.interrupted, outcome.terminated = True, isinstance(e, Terminated)
         finally:
             store.rebuild_index(plan.recipe_dir)
             for rid, st in results.items():
@@ -179,12 +232,15 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
     """
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
+    if plan.todo:
+        for text in recipe_warnings(rec):
+            warnings.warn(text, RecipeWarning, stacklevel=2)
     outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
                       reporter=make_reporter(quiet=True, silent=not progress),
                       executor=executor, executor_options=executor_options(executor, address, cpus_per_run,
                                                                            gpus_per_run, retries))
     if outcome.interrupted:
-        raise KeyboardInterrupt
+        raise Terminated() if outcome.terminated else KeyboardInterrupt()
     df = store.load_results(plan.recipe_dir)
     ids = [r.run_id for r in rec.runs]
     if df.empty:

@@ -141,6 +141,18 @@ class MetricsLog:
             self.f.close()
 
 
+def resid_summary(profiles: list[list]) -> dict:
+    """The residual stream's RMS per block at the first and the last measure step, and its last block's
+    growth between them (Sun et al. 2025's curse of depth: Pre-LN's residual grows with depth)."""
+    if not profiles:
+        return {"resid_rms_by_layer_init": None, "resid_rms_by_layer": None, "resid_rms_last": None,
+                "resid_rms_growth": None}
+    first, last = profiles[0], profiles[-1]
+    growth = last[-1] / first[-1] if first[-1] and last[-1] is not None else None
+    return {"resid_rms_by_layer_init": first, "resid_rms_by_layer": last, "resid_rms_last": last[-1],
+            "resid_rms_growth": finite_or_none(growth)}
+
+
 def finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -285,7 +297,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     m, t = cfg.model, cfg.train
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.data, device)
-    model = Transformer(m, task.vocab_size, cfg.data.seq_len).to(device)
+    model = Transformer(m, task.vocab_size, cfg.data.seq_len, norm_warmup=t.warmup_steps).to(device)
     groups = model.param_groups(t.weight_decay)
     params = [p for g in groups for p in g["params"]]
     # fused AdamW: one kernel for all parameters (4.5 -> 0.9 ms a step on the default model, CPU)
@@ -303,7 +315,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     sync_every = SYNC_EVERY.get(device.type, 1)
     stab = Stability(t, task.vocab_size)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
-    losses, val_losses, attn_max, val_batch_stats = [], [], [], []
+    losses, val_losses, attn_max, val_batch_stats, resid = [], [], [], [], []
     init_profile: list[float] = []
     pending: list[tuple] = []
     tokens, step = 0, 0
@@ -313,7 +325,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         """Read pending steps back to the host; True if the run diverged."""
         nonlocal pending
         rows, pending = pending, []
-        for s, lr, loss, gnorm, logit, update in rows:
+        for s, lr, loss, gnorm, logit, update, rms in rows:
             loss = float(loss)
             row = {"step": s, "loss": loss, "lr": lr}
             if gnorm is not None:
@@ -324,6 +336,9 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
             if update is not None:
                 row["model_update"] = float(update)
                 updates.append(row["model_update"])
+            if rms is not None:  # the residual stream's RMS after each block (the curse of depth)
+                row["resid_rms"] = [log_value(v) for v in rms.tolist()]
+                resid.append(row["resid_rms"])
             log.write(row)
             losses.append(loss)
             if stab.update(s, loss, gnorm):
@@ -350,12 +365,12 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
                                 for ws in model.ffn_weights()]
             gnorm = global_grad_norm(params, t.grad_clip) if measure or t.grad_clip > 0 else None
             opt.step()
-            logit = update = None
+            logit = update = rms = None
             if probe:
-                logit = model.attention_logit_max()
+                logit, rms = model.attention_logit_max(), model.resid_rms_by_layer()
                 model.measure_attention(False)  # the update's forward must not record logits
                 update = model_update(model, ux, umask, f0)
-            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(), logit, update))
+            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(), logit, update, rms))
             tokens += tokens_per_step
             is_eval = step % t.eval_every == 0 or step == t.steps
             if len(pending) >= sync_every or is_eval:
@@ -406,6 +421,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
                           if t.grad_clip > 0 and stab.grad_norms else None),
         "max_attn_logit": max((a for a in attn_max if math.isfinite(a)), default=None),
         "max_model_update": max((u for u in updates if math.isfinite(u)), default=None),
+        **resid_summary(resid),
         "final_val_loss_batch_stats": None if diverged or not val_batch_stats else finite_or_none(val_batch_stats[-1]),
         "bn_eval_gap": (None if diverged or not val_batch_stats or not val_losses
                         else finite_or_none(val_losses[-1][1] - val_batch_stats[-1])),

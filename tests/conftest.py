@@ -10,6 +10,12 @@ TINY = {
 }
 
 
+# a model too large for any machine: its first big weight fails to allocate at once (a real crash at run
+# time, past validation, without using memory), as a run that asks for more memory than a node has
+TOO_BIG_D_FF = 2**40
+ALLOC_ERROR = "can't allocate memory"
+
+
 def tiny(**sections) -> dict:
     """The tiny base config, with per-section overrides: tiny(model={"norm": "rmsnorm"})."""
     raw = copy.deepcopy(TINY)

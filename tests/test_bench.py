@@ -43,9 +43,11 @@ def test_matmul_peak_is_a_positive_rate():
 
 def test_bench_json_is_consistent(tmp_path):
     res = runner.invoke(app, ["bench", "--json", "--steps", "3", "--warmup", "1", "--rounds", "2", "--threads", "1",
-                              *SHAPE])
+                              *SHAPE, "--set", "train.measure_every=4"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
+    # a whole measurement period is timed: the probe's step is in the window, at its real rate
+    assert (r["steps"], r["steps_requested"], r["measure_every"]) == (4, 3, 4)
     for key in ("tokens_per_s", "step_ms", "flops_per_token", "gflops", "mfu", "peak_gflops", "reference",
                 "measurements_off", "measurement_overhead", "speedup_vs_reference", "threads", "device"):
         assert key in r, key

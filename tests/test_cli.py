@@ -148,3 +148,31 @@ def test_help_list_and_keys_never_import_torch():
                 "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules)\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 0, (args, proc.stderr[-500:])
+
+
+def test_version_short_help_and_flags_shown_as_flags():
+    from normbench import __version__
+
+    for flag in ("--version", "-V"):
+        res = runner.invoke(app, [flag])
+        assert res.exit_code == 0 and res.output.strip() == f"normbench {__version__}"
+    for args in (["-h"], ["run", "-h"], ["compare", "-h"], ["bench", "-h"]):
+        res = runner.invoke(app, args, env={"COLUMNS": "160"})
+        assert res.exit_code == 0 and "Usage" in res.output
+        assert "<bool>" not in res.output, args  # a flag takes no value
+    res = runner.invoke(app, ["compare", "-h"], env={"COLUMNS": "200"})
+    assert ".pdf" in res.output and ".svg" in res.output
+
+
+def test_several_mistakes_are_one_line_each_exit_2(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"name": "b", "base": {"model": {"layers": 0, "nrom": "x"}, "train": {"lr": "fast"}}}))
+    res = runner.invoke(app, ["run", str(p), "--set", "train.stpes=3", "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("normbench: error: --set train.stpes")  # flags first
+    res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "res")])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 3 and all(ln.startswith(f"normbench: error: {p}: ") for ln in lines)
+    assert {ln.split(": ")[3] for ln in lines} == {"model.layers", "model.nrom", "train.lr"}
+    assert not (tmp_path / "res").exists()

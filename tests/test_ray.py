@@ -15,7 +15,7 @@ from normbench import store
 from normbench.config import from_dict
 from normbench.recipe import load_recipe
 from normbench.sweep import execute, make_plan
-from conftest import tiny
+from conftest import ALLOC_ERROR, TOO_BIG_D_FF, tiny
 
 
 def write_recipe(tmp_path, recipe):
@@ -71,16 +71,14 @@ def test_a_ray_sweep_gives_the_local_executors_results_in_the_same_layout(tmp_pa
 
 
 def test_a_run_that_raises_on_a_worker_is_a_crashed_run_with_its_traceback(tmp_path, ray_instance):
-    (tmp_path / "good.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
-    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xff" * 200)
-    recipe = {"name": "c", "base": tiny(data={"task": "text", "max_chars": 4000}, train={"steps": 40, "lr": 3e-3, "eval_every": 40}),
-              "sweep": {"grid": {"data.path": ["good.txt", "bad.txt"]}}}
+    recipe = {"name": "c", "base": tiny(train={"steps": 40, "lr": 3e-3, "eval_every": 40}),
+              "sweep": {"grid": {"model.d_ff": [64, TOO_BIG_D_FF]}}}
     df = normbench.run_recipe(write_recipe(tmp_path, recipe), out=tmp_path / "res", executor="ray")
-    st = df.set_index("data.path")["status"]
-    assert st[str(tmp_path / "good.txt")] == "completed" and st[str(tmp_path / "bad.txt")] == "crashed"
+    st = df.set_index("model.d_ff")["status"]
+    assert st[64] == "completed" and st[TOO_BIG_D_FF] == "crashed"
     (crashed,) = [d for d in (tmp_path / "res" / "c").iterdir() if store.status(d) == "crashed"]
     text = (crashed / "error.txt").read_text()
-    assert "Traceback" in text and "cannot read a UTF-8 text file" in text
+    assert "Traceback" in text and ALLOC_ERROR in text
 
 
 def kill_worker_once(killed):

@@ -125,3 +125,106 @@ def test_text_task_path_is_relative_to_the_recipe(tmp_path):
     assert rec.runs[0].cfg.data.path == str(tmp_path / "corpus.txt")
     with pytest.raises(NormbenchError, match="no such file"):
         load_recipe(write(tmp_path, {"base": {"data": {"task": "text", "path": "missing.txt"}}}))
+
+
+# --- what a new user hit (issue 12) -------------------------------------------------------------
+
+
+def text_recipe(tmp_path, corpus="corpus.txt", **data):
+    return write(tmp_path, {"name": "t", "base": {"data": {"task": "text", "path": corpus, **data}}})
+
+
+def test_a_text_runs_id_follows_the_files_content_not_its_path(tmp_path):
+    (tmp_path / "corpus.txt").write_text("hello world " * 500)
+    first = load_recipe(text_recipe(tmp_path)).runs[0].run_id
+    with open(tmp_path / "corpus.txt", "a") as f:  # appending a line: a new experiment, a new id
+        f.write("one more line\n")
+    edited = load_recipe(text_recipe(tmp_path)).runs[0].run_id
+    assert edited != first
+    elsewhere = tmp_path / "copy"  # the same text in another folder resumes the same run
+    elsewhere.mkdir()
+    (elsewhere / "corpus.txt").write_text((tmp_path / "corpus.txt").read_text())
+    assert load_recipe(text_recipe(elsewhere)).runs[0].run_id == edited
+    # the text trained on counts: beyond data.max_chars an edit changes nothing
+    capped = load_recipe(text_recipe(tmp_path, max_chars=3000)).runs[0].run_id
+    with open(tmp_path / "corpus.txt", "a") as f:
+        f.write("and another\n")
+    assert load_recipe(text_recipe(tmp_path, max_chars=3000)).runs[0].run_id == capped
+
+
+def test_a_corpus_shorter_than_a_context_is_refused_before_any_run(tmp_path):
+    (tmp_path / "corpus.txt").write_text("x" * 1000)  # val split 100 chars < seq_len 128 + 2
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(text_recipe(tmp_path))
+    assert e.value.key == "data.path" and "validation split" in str(e.value) and "130" in str(e.value)
+    assert len(load_recipe(text_recipe(tmp_path, seq_len=64)).runs) == 1
+
+
+def test_set_data_path_is_relative_to_the_current_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "recipes"
+    sub.mkdir()
+    p = write(sub, {"name": "t", "base": {}})
+    (tmp_path / "mine.txt").write_text("abc " * 2000)
+    monkeypatch.chdir(tmp_path)
+    rec = load_recipe(p, ["data.task=text", "data.path=mine.txt"])
+    assert rec.runs[0].cfg.data.path == str(tmp_path / "mine.txt")
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p, ["data.task=text", "data.path=recipes/nope.txt"])
+    assert str(e.value).startswith("--set data.path: no such file")
+
+
+def test_errors_from_a_flag_name_the_flag_not_the_file(tmp_path):
+    p = write(tmp_path, {"name": "t", "base": {}})
+    for sets, start in ((["train.stpes=3"], "--set train.stpes: unknown key (did you mean train.steps?)"),
+                        (["train.lr=abc"], "--set train.lr: expected a number")):
+        with pytest.raises(NormbenchError) as e:
+            load_recipe(p, sets)
+        assert str(e.value).startswith(start) and str(p) not in str(e.value)
+    with pytest.raises(NormbenchError) as e:  # a mistake in the file still names the file
+        load_recipe(write(tmp_path, {"base": {"train": {"stpes": 3}}}))
+    assert str(e.value).startswith(str(tmp_path / "r.yaml"))
+
+
+def test_set_reaches_the_sweep(tmp_path):
+    p = write(tmp_path, {"name": "t", "base": {}, "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}}})
+    assert len(load_recipe(p, ["sweep.seeds=3"]).runs) == 6
+    rec = load_recipe(p, ["sweep.grid.model.placement=[pre, post]", "sweep.seeds=[4]"])
+    assert {(r.cfg.model.norm, r.cfg.model.placement, r.cfg.seed) for r in rec.runs} == \
+        {(n, pl, 4) for n in ("layernorm", "rmsnorm") for pl in ("pre", "post")}
+    for sets, text in ((["sweep.seeds=0"], "--set sweep.seeds: expected a count >= 1"),
+                       (["sweep.grid.model.norm=rmsnorm"], "--set sweep.grid.model.norm: expected a non-empty list"),
+                       (["sweep.grid.model.nrom=[a]"], "--set sweep.grid.model.nrom: unknown key"),
+                       (["sweep.sedes=3"], "--set sweep.sedes: unknown key")):
+        with pytest.raises(NormbenchError) as e:
+            load_recipe(p, sets)
+        assert str(e.value).startswith(text), str(e.value)
+
+
+def test_every_mistake_is_reported_at_once(tmp_path):
+    p = write(tmp_path, {"name": "t", "colour": 1,
+                         "base": {"model": {"layers": "four", "nrom": "x"}, "train": {"lr": -1}},
+                         "sweep": {"seeds": 0}})
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p)
+    lines = str(e.value).splitlines()
+    assert sorted(err.key for err in e.value.errors) == ["colour", "model.layers", "model.nrom", "sweep.seeds",
+                                                          "train.lr"]
+    p = write(tmp_path, {"name": "t", "base": {"model": {"layers": "four", "nrom": "x"}, "train": {"lr": -1}}})
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p)
+    assert sorted(err.key for err in e.value.errors) == ["model.layers", "model.nrom", "train.lr"]
+    assert all(line.startswith(str(p)) for line in str(e.value).splitlines()) and len(lines) >= 2
+
+
+def test_an_empty_recipe_file_is_an_error(tmp_path):
+    with pytest.raises(NormbenchError, match="is empty"):
+        load_recipe(write(tmp_path, ""))
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
+    from normbench.sweep import recipe_warnings
+
+    rec = load_recipe({"name": "w", "base": {"train": {"steps": 50, "warmup_steps": 100}}})
+    (text,) = recipe_warnings(rec)
+    assert "train.warmup_steps=100 > train.steps=50" in text and "50% of train.lr" in text
+    assert recipe_warnings(load_recipe({"name": "w", "base": {"train": {"steps": 100, "warmup_steps": 100}}})) == []
