@@ -6,7 +6,7 @@ that ``normbench --help`` never pays for importing torch.
 __version__ = "0.4.0"
 
 __all__ = ["run_recipe", "load_results", "load_curves", "train", "load_recipe", "compare_results", "write_report",
-           "__version__"]
+           "register_norm", "load_plugin", "claims_ledger", "__version__"]
 
 
 def __getattr__(name):
@@ -16,6 +16,12 @@ def __getattr__(name):
     if name == "load_results":
         from .store import load_results
         return load_results
+    if name in ("register_norm", "load_plugin"):
+        from . import registry
+        return getattr(registry, name)
+    if name == "claims_ledger":
+        from .claims import claims_ledger
+        return claims_ledger
     if name == "load_curves":
         from .curves import load_curves
         return load_curves

@@ -71,9 +71,22 @@ SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
                            "a swept key is fixed to this value.")
 
 
-def _load(recipe: Path, sets: list[str] | None, device: str | None):
+PluginOpt = typer.Option(None, "--plugin", metavar="FILE.py",
+                         help="Import this Python file first; it registers norms of its own with "
+                              "normbench.register_norm (repeatable). See README: Bring your own norm.")
+
+
+def _plugins(paths: list[Path] | None) -> None:
+    from .registry import load_plugin
+
+    for path in paths or []:
+        load_plugin(path)
+
+
+def _load(recipe: Path, sets: list[str] | None, device: str | None, plugins: list[Path] | None = None):
     from .recipe import load_recipe
 
+    _plugins(plugins)
     sets = list(sets or [])
     if device:
         sets.append(f"device={device}")
@@ -103,8 +116,9 @@ RESULT_COLUMNS = {"run_id": "run", "status": "status", "final_val_loss": "final 
                   "max_attn_logit": "max logit", "tokens_per_s": "tok/s"}
 
 
-def _results_table(df, varied: list[str]) -> Table:
-    table = Table(title="results", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+def _results_table(df, varied: list[str], name: str = "") -> Table:
+    table = Table(title=f"results{': ' + name if name else ''}", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     cols = [c for c in ["run_id", *varied, *list(RESULT_COLUMNS)[1:]] if c in df.columns]
     for c in cols:
         table.add_column(RESULT_COLUMNS.get(c, c.split(".")[-1]), no_wrap=True, min_width=5,
@@ -125,10 +139,13 @@ def _fmt(v) -> str:
 
 
 @app.command()
-def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_default=False),
+def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_default=False,
+                                             help="Recipe YAML files; several run one after another "
+                                                  "(normbench run recipes/literature/*.yaml)."),
         out: Path = typer.Option(Path("results"), "--out", help="Results folder; runs land in OUT/<name>/<run id>/."),
         device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides the recipe's device."),
         set_: Optional[List[str]] = SetOpt,
+        plugin: Optional[List[Path]] = PluginOpt,
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
                                            help="Runs at once, each in its own process. Default: one per CPU core "
                                                 "(at most the number of runs); up to 4 on one GPU."),
@@ -150,49 +167,70 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_defaul
                                                                         "fraction shares a GPU (0.25: four runs)."),
         retries: int = typer.Option(0, "--retries", help="Ray only: rerun a run whose worker died (killed, out of "
                                                          "memory, node lost) up to N times.")):
-    """Train every run of a recipe (resuming: completed runs are kept) and print the results.
+    """Train every run of one or more recipes (resuming: completed runs are kept) and print the results.
 
-    Exit code 0 when every run completed (diverged counts as completed), 1 when some crashed,
-    2 for bad input, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM, as from a scheduler
-    or `timeout`); either way the runs in flight are stopped and the next `run` redoes them.
+    Every recipe is validated before the first run starts. Exit code 0 when every run completed
+    (diverged counts as completed), 1 when some crashed, 2 for bad input, 130 when interrupted
+    (Ctrl-C), 143 when terminated (SIGTERM, as from a scheduler or `timeout`); either way the runs
+    in flight are stopped and the next `run` redoes them.
     """
+    from .errors import Problems
     from .sweep import execute, executor_options, make_plan, recipe_warnings
     from .display import make_reporter
     from . import store
 
     try:
-        rec = _load(recipe, set_, device)
+        _plugins(plugin)
+        problems, loaded = Problems(), []
+        for recipe in recipes:  # every recipe checked up front: a typo in the fifth does not wait an hour
+            with problems.check():
+                loaded.append(_load(recipe, set_, device))
+        problems.raise_any()
+        names = [r.name for r in loaded]
+        if len(set(names)) < len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise NormbenchError(f"two recipes are named {dup!r}: they would share results/{dup}; rename one",
+                                 key="name")
         options = executor_options(executor, address, cpus_per_run, gpus_per_run, retries)
-        plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
-        for text in recipe_warnings(rec) if plan.todo or dry_run else []:
-            err_console.print(f"warning: {text}", markup=False, soft_wrap=True)
-        if dry_run:
-            out_console.print(_plan_table(plan))
-            return
-        outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
-                          reporter=make_reporter(quiet=quiet, console=out_console),
-                          executor=executor, executor_options=options)
+        plans = [make_plan(rec, out, force=force, retry_failed=retry_failed) for rec in loaded]
     except NormbenchError as e:
         fail(e)
-    if not outcome.interrupted:
+    code = 0
+    for rec, plan in zip(loaded, plans):
+        for text in recipe_warnings(rec) if plan.todo or dry_run else []:
+            err_console.print(f"warning: {rec.name}: {text}", markup=False, soft_wrap=True)
+        if dry_run:
+            out_console.print(_plan_table(plan))
+            continue
+        try:
+            outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
+                              reporter=make_reporter(quiet=quiet, console=out_console),
+                              executor=executor, executor_options=options)
+        except NormbenchError as e:
+            fail(e)
+        if outcome.interrupted:
+            raise typer.Exit(outcome.exit_code)
         df = store.load_results(plan.recipe_dir)
         if not df.empty:
             ids = [r.run_id for r in rec.runs]
             df = df[df["run_id"].isin(ids)]
             df = df.assign(_order=df["run_id"].map({rid: i for i, rid in enumerate(ids)})).sort_values("_order")
-            out_console.print(_results_table(df, [k for k in rec.varied if k in df.columns]))
-    raise typer.Exit(outcome.exit_code)
+            out_console.print(_results_table(df, [k for k in rec.varied if k in df.columns], rec.name))
+        code = max(code, outcome.exit_code)
+        if code and fail_fast:
+            break
+    raise typer.Exit(code)
 
 
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_default=False),
-             set_: Optional[List[str]] = SetOpt,
+             set_: Optional[List[str]] = SetOpt, plugin: Optional[List[Path]] = PluginOpt,
              out: Path = typer.Option(Path("results"), "--out", help="Results folder, to show each run's status.")):
     """Check a recipe and print its expanded runs (same as run --dry-run)."""
     from .sweep import make_plan, recipe_warnings
 
     try:
-        plan = make_plan(_load(recipe, set_, None), out)
+        plan = make_plan(_load(recipe, set_, None, plugin), out)
     except NormbenchError as e:
         fail(e)
     for text in recipe_warnings(plan.recipe):
@@ -231,7 +269,7 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
     from .compare import display_rows, legend
 
     header, rows = display_rows(c)
-    fixed = len(c.by) + 2  # factors, n, diverged
+    fixed = len(c.by) + 3  # factors, n, diverged, vs best
     keep_always = set(range(fixed)) | {fixed + c.metrics.index(c.metric)}
     cols = list(range(len(header)))
     probe = Console(width=100_000, file=io.StringIO())
@@ -413,11 +451,68 @@ def _write_report(write_report, c, results: Path, command: str, formats: list[st
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
 
+VERDICT_STYLE = {"held": "green", "not held": "red", "mixed": "yellow", "inconclusive": "dim"}
+
+
+@app.command()
+def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]...",
+                                                        show_default=False,
+                                                        help="Recipe files (their runs in OUT/<name>) or results "
+                                                             "folders (each recipe folder's claims.yaml). Default: "
+                                                             "results/."),
+           out: Path = typer.Option(Path("results"), "--out", help="Where a recipe file's runs are: OUT/<name>/."),
+           format_: Optional[str] = typer.Option(None, "--format", help="table, markdown, csv or json. Default: from "
+                                                 "--output's suffix, else table."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (atomically).")):
+    """Check every claim of the recipes against their finished runs: held, not held, mixed or
+    inconclusive, with the evidence (means, 95% intervals, n, Welch's t-test)."""
+    from . import store
+    from .claims import claims_ledger, to_markdown
+
+    fmt = format_ or (SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output else "table")
+    if fmt not in FORMATS:
+        fail(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if output is not None and not output.parent.is_dir():
+        fail(NormbenchError("its folder does not exist", file=str(output)))
+    try:
+        df = claims_ledger(paths or [Path("results")], out)
+    except NormbenchError as e:
+        fail(e)
+    if df.empty:
+        fail(NormbenchError("no claims found (a recipe's claims: list; results folders hold them in claims.yaml)",
+                            file=", ".join(map(str, paths or [Path("results")]))))
+    if fmt == "table":
+        table = Table(title=f"claims: {len(df)} ({', '.join(f'{n} {v}' for v, n in df['verdict'].value_counts().items())})",
+                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_lines=True)
+        for col in ("claim", "source", "recipe", "verdict", "evidence"):
+            table.add_column(col, overflow="fold", ratio=4 if col == "evidence" else 2 if col == "claim" else 1)
+        for _, r in df.iterrows():
+            table.add_row(r["claim"], r["source"], r["recipe"], f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]",
+                          r["evidence"])
+        if output is None:
+            out_console.print(table)
+            return
+        console = Console(file=io.StringIO(), width=160, highlight=False)
+        console.print(table)
+        text = console.file.getvalue()
+    else:
+        text = {"markdown": to_markdown, "csv": lambda d: d.to_csv(index=False),
+                "json": lambda d: d.to_json(orient="records", indent=2) + "\n"}[fmt](df)
+        if output is None:
+            sys.stdout.write(text)
+            return
+    try:
+        store.write_atomic(output, text)
+    except OSError as e:
+        fail(NormbenchError(f"cannot write: {e.strerror}", file=str(output)))
+    err_console.print(f"wrote {output}", markup=False)
+
+
 @app.command()
 def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first run sets the shapes and precision. "
                                                              "Default: the defaults (`normbench keys`).",
                                                   show_default=False),
-          set_: Optional[List[str]] = SetOpt,
+          set_: Optional[List[str]] = SetOpt, plugin: Optional[List[Path]] = PluginOpt,
           device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides the config's device."),
           threads: Optional[int] = typer.Option(None, min=1, help="torch threads, for the model and the peak "
                                                 "alike. Default: every core, as a single `normbench run` gets."),
@@ -434,7 +529,7 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
     stability measurements, and a plain-PyTorch reference of the same shapes, side by side."""
     try:
         base = recipe if recipe is not None else {"name": "bench", "base": {}}
-        rec = _load(base, set_, device)
+        rec = _load(base, set_, device, plugin)
         cfg = rec.runs[0].cfg
     except NormbenchError as e:
         fail(e)
@@ -491,11 +586,17 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
 
 
 @app.command("list")
-def list_():
-    """List the norms, placements and tasks."""
+def list_(plugin: Optional[List[Path]] = PluginOpt):
+    """List the norms (with those of --plugin files), placements and tasks."""
     from .config import NORMS, PLACEMENTS, TASKS
+    from .registry import registered
 
-    for title, items in (("norms (model.norm)", NORMS), ("placements (model.placement)", PLACEMENTS),
+    try:
+        _plugins(plugin)
+    except NormbenchError as e:
+        fail(e)
+    norms = {**NORMS, **{name: r.description for name, r in registered().items()}}
+    for title, items in (("norms (model.norm)", norms), ("placements (model.placement)", PLACEMENTS),
                          ("tasks (data.task)", TASKS)):
         out_console.print(title, style="bold")
         for name, text in items.items():

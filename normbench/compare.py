@@ -23,6 +23,7 @@ import pandas as pd
 from . import store
 from .config import all_keys, suggest
 from .errors import NormbenchError
+from .stats import ALPHA, interval, welch
 
 # metric -> (column title, lower is better)
 METRICS = {
@@ -41,6 +42,8 @@ METRICS = {
     "train_causal_leak": ("causal leak", True),
     "unstable_steps": ("steps > ceiling", True),
     "max_loss": ("max loss", True),
+    "resid_rms_last": ("resid RMS, last block", True),
+    "resid_rms_growth": ("resid RMS growth", True),
 }
 DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
                    "tokens_per_s"]
@@ -209,6 +212,8 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
                     summary = json.loads((run_dir / store.SUMMARY).read_text())
                     row["val_losses"] = summary.get("val_losses") or []
                     row["grad_norm_init_by_layer"] = summary.get("grad_norm_init_by_layer") or []
+                    row["resid_rms_by_layer"] = summary.get("resid_rms_by_layer") or []
+                    row["resid_rms_by_layer_init"] = summary.get("resid_rms_by_layer_init") or []
                 rows.append(row)
             if unfinished:
                 notes.append(f"{d}: {_count(unfinished, 'run')} not finished (still running or interrupted; "
@@ -284,9 +289,11 @@ def varied_factors(runs: pd.DataFrame) -> list[str]:
 
 
 def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str) -> pd.DataFrame:
-    """One row per group of ``by``: n, n_diverged, diverged_rate, <m>_mean, <m>_std; sorted best first."""
+    """One row per group of ``by``: n, n_diverged, diverged_rate, and per metric <m>_mean, <m>_std and
+    the 95% interval <m>_ci95_lo, <m>_ci95_hi (Student's t); sorted best first, then ``p_vs_best``
+    (Welch's t-test of the group against the best on ``metric``) and ``same_as_best``."""
     lower = METRICS[metric][1]
-    rows = []
+    rows, ranked = [], []
     for key, g in _groups(runs, by):
         ok = g[~g["diverged"].astype(bool)]
         row = dict(zip(by, key))
@@ -296,14 +303,46 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
         for m in metrics:
             pool = g if m in OVER_ALL_RUNS or m in SPEED_METRICS else ok
             vals = pd.to_numeric(pool[m], errors="coerce").dropna() if m in pool else pd.Series(dtype=float)
-            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            ci = interval(vals.tolist())
+            row[f"{m}_mean"] = ci.mean
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+            row[f"{m}_ci95_lo"], row[f"{m}_ci95_hi"] = ci.lo, ci.hi
+            if m == metric:
+                ranked.append(vals.tolist())
         rows.append(row)
     table = pd.DataFrame(rows)
+    table["_values"] = ranked
     # reliable first: by the share of diverged seeds, then by the metric over the seeds that did not
     # diverge, so a group that won with one seed and blew up with another never ranks as best
     table = table.sort_values(f"{metric}_mean", ascending=lower, na_position="last", kind="stable")
-    return table.sort_values("diverged_rate", kind="stable").reset_index(drop=True)
+    table = table.sort_values("diverged_rate", kind="stable").reset_index(drop=True)
+    return _against_best(table, metric)
+
+
+def _against_best(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """p_vs_best: Welch's two-sided p of each group against the best group (the first with a value);
+    same_as_best: the best itself, and any group as reliable as it (the same diverged rate) whose
+    difference is not significant at 5% or cannot be tested (fewer than 2 seeds on either side)."""
+    ok = table[f"{metric}_mean"].notna()
+    p_vals, same = [], []
+    best = int(ok.to_numpy().argmax()) if ok.any() else None
+    for i, row in table.iterrows():
+        if best is None or not ok[i]:
+            p_vals.append(math.nan)
+            same.append(False)
+            continue
+        if i == best:
+            p_vals.append(math.nan)
+            same.append(True)
+            continue
+        test = welch(row["_values"], table.at[best, "_values"])
+        p_vals.append(test.p)
+        reliable = row["diverged_rate"] == table.at[best, "diverged_rate"]
+        same.append(bool(reliable and (not test.testable or test.p >= ALPHA)))
+    table["p_vs_best"], table["same_as_best"] = p_vals, same
+    # groups whose test against the best cannot run: fewer than 2 seeds (with a value) on either side
+    table.attrs["too_few"] = [i for i, v in enumerate(table["_values"]) if ok[i] and len(v) < 2]
+    return table.drop(columns=["_values"])
 
 
 def _groups(runs: pd.DataFrame, by: list[str]):
@@ -431,6 +470,10 @@ def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str
         if b not in done:
             done[b] = None
     table = aggregate(done, by, metrics, metric)
+    if table.attrs.get("too_few") and len(table) > 1:
+        few = [group_label(table.iloc[i], by) for i in table.attrs["too_few"]]
+        notes.append(f"too few seeds to test against the best (fewer than 2 that did not diverge): "
+                     f"{'; '.join(few)}; same_as_best is true for them by default, not by evidence")
     sens = lr_sensitivity(done, by, metric)
     if sens is not None:
         others = [k for k in by if k != LR]
@@ -480,25 +523,38 @@ def fmt_value(v, digits: int = 4) -> str:
 
 
 def cell(row, m: str) -> str:
-    """``2.174 ± 0.012``; ``diverged`` for a loss when every run of the group diverged; ``-`` when not
-    measured. Stability measures are shown for diverged runs too."""
+    """``2.174 ± 0.012``: the mean and the half-width of its 95% interval; ``diverged`` for a loss when
+    every run of the group diverged; ``-`` when not measured. Stability measures are shown for
+    diverged runs too."""
     if row["n_diverged"] == row["n"] and m not in OVER_ALL_RUNS and m not in SPEED_METRICS:
         return "diverged"
-    mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+    mean, lo, hi = row[f"{m}_mean"], row.get(f"{m}_ci95_lo", math.nan), row.get(f"{m}_ci95_hi", math.nan)
     if isinstance(mean, float) and math.isnan(mean):
         return "-"
-    return fmt_value(mean) + ("" if isinstance(std, float) and math.isnan(std) else f" ± {fmt_value(std, 2)}")
+    return fmt_value(mean) + ("" if isinstance(lo, float) and math.isnan(lo) else f" ± {fmt_value((hi - lo) / 2, 2)}")
+
+
+def vs_best(row, is_best: bool) -> str:
+    """``best``; ``= (p 0.41)`` when indistinguishable from it at 5%; ``p 0.003`` when worse; ``= (too few
+    seeds)`` when untestable; ``-`` for a group with no value."""
+    if is_best:
+        return "best"
+    p = row.get("p_vs_best", math.nan)
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "= (too few seeds)" if row.get("same_as_best") else "-"
+    return f"= (p {p:.2g})" if row.get("same_as_best") else f"p {p:.2g}"
 
 
 def display_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the terminal table and the markdown one."""
     names = short_names(c.by)
-    header = [names[k] for k in c.by] + ["n", "diverged"] + [METRICS[m][0] for m in c.metrics]
+    header = [names[k] for k in c.by] + ["n", "diverged", "vs best"] + [METRICS[m][0] for m in c.metrics]
     if "lr_sensitivity" in c.table:
         header.append("LR sens.")
     rows = []
-    for _, r in c.table.iterrows():
-        cells = [_plain(r[k]) for k in c.by] + [str(int(r["n"])), f"{int(r['n_diverged'])}/{int(r['n'])}"]
+    for i, (_, r) in enumerate(c.table.iterrows()):
+        cells = [_plain(r[k]) for k in c.by] + [str(int(r["n"])), f"{int(r['n_diverged'])}/{int(r['n'])}",
+                                                vs_best(r, i == c.best)]
         cells += [cell(r, m) for m in c.metrics]
         if "lr_sensitivity" in c.table:
             cells.append(fmt_value(r["lr_sensitivity"], 3))
@@ -525,12 +581,42 @@ def sensitivity_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def against_best_words(c: Comparison) -> str:
+    """The groups indistinguishable from the best and the worse ones, in words, with the test used."""
+    best = c.best
+    if best is None or len(c.table) < 2:
+        return ""
+    same, worse, few, failed = [], [], [], []
+    for i, (_, r) in enumerate(c.table.iterrows()):
+        if i == best:
+            continue
+        label, p = c.label(r), r.get("p_vs_best", math.nan)
+        if isinstance(p, float) and math.isnan(p):
+            (few if r.get("same_as_best") else failed).append(label)
+        elif r.get("same_as_best"):
+            same.append(f"{label} (p = {p:.2g})")
+        else:
+            worse.append(f"{label} (p = {p:.2g}{', and it diverged more often' if r['diverged_rate'] > 0 else ''})")
+    parts = [f"Best by {c.metric}: **{c.label(c.table.iloc[best])}**."]
+    if same:
+        parts.append(f"Not distinguishable from it at the 5% level (Welch's t-test over seeds): {'; '.join(same)}.")
+    if worse:
+        parts.append(f"Worse than it at 95% confidence: {'; '.join(worse)}.")
+    if few:
+        parts.append(f"Too few seeds to tell (fewer than 2): {'; '.join(few)}.")
+    if failed:
+        parts.append(f"Every run diverged: {'; '.join(failed)}.")
+    return " ".join(parts)
+
+
 def legend(c: Comparison) -> str:
     direction = "lower" if METRICS[c.metric][1] else "higher"
-    return (f"Ranked by the share of diverged runs, then by {c.metric} ({direction} is better); "
-            "losses: mean ± std over the seeds that did not diverge; stability measures (spikes, max |grad|, "
-            "max logit, max update, steps > ceiling, max loss): over every seed, diverged ones included; "
-            "'diverged' counts the runs that did. Losses in nats.")
+    return (f"Ranked by the share of diverged runs, then by {c.metric} ({direction} is better). Cells: mean ± "
+            "the half-width of its 95% confidence interval (Student's t over the seeds; none with one seed); "
+            "losses over the seeds that did not diverge, stability measures (spikes, max |grad|, max logit, max "
+            "update, steps > ceiling, max loss) over every seed. 'vs best': Welch's t-test p against the best "
+            "group on the ranking metric, '=' when not distinguishable from it at 5%. 'diverged' counts the runs "
+            "that did. Losses in nats.")
 
 
 def to_markdown(c: Comparison) -> str:
@@ -543,6 +629,8 @@ def to_markdown(c: Comparison) -> str:
             parts.append(f"### {part.recipe}: {_count(part.runs, 'run')}, grouped by "
                          f"{', '.join(f'`{k}`' for k in part.by) or 'nothing'}")
         parts += [markdown_table(*display_rows(part), bold_row=part.best), legend(part)]
+        if (words := against_best_words(part)):
+            parts.append(words)
         if part.sensitivity is not None:
             parts += [f"Learning-rate sensitivity of {_sens_metric(part)} (Wortsman et al. 2023: mean over the "
                       "learning rates of min(loss, ln V) minus the best; lower is more forgiving):",

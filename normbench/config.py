@@ -197,6 +197,10 @@ class RunConfig:
         d = self.to_dict()
         d.pop("device")
         d["train"].pop("compile")
+        for key, default in LATER_KEYS.items():  # added after 0.3.0: in the id only when set
+            section, name = key.split(".")
+            if d[section][name] == default:
+                del d[section][name]
         if d["data"]["path"]:  # the text trained on, not where it lies: an edited file gets new ids
             d["data"]["path"] = "sha256:" + textfile.digest(textfile.read(d["data"]["path"], d["data"]["max_chars"]))
         from .registry import plugin_of
@@ -206,6 +210,10 @@ class RunConfig:
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
+
+# keys added after run ids were first published (0.3.0), with their defaults: they enter the run id
+# only when set away from the default, so adding a key never orphans earlier results
+LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head"}
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 TOP_LEVEL = ("seed", "device")

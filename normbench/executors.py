@@ -87,13 +87,22 @@ class Executor(Protocol):
     def terminate(self) -> None: ...
 
 
-def make_executor(name: str, jobs: int, threads: int | None, **options) -> Executor:
-    """``local`` or ``ray`` (options: address, cpus_per_run, gpus_per_run, retries)."""
+def make_executor(name: str, jobs: int, threads: int | None, plugins: list | None = None, **options) -> Executor:
+    """``local`` or ``ray`` (options: address, cpus_per_run, gpus_per_run, retries). ``plugins``:
+    (path, text) of the plugin files the runs need; every worker loads them before its run."""
     if name == "local":
-        return LocalExecutor(jobs, threads)
+        return LocalExecutor(jobs, threads, plugins)
     from .ray_executor import RayExecutor
 
-    return RayExecutor(jobs, threads, **options)
+    return RayExecutor(jobs, threads, plugins=plugins, **options)
+
+
+def load_plugins(plugins: list | None) -> None:
+    """On a worker: execute the plugin files' texts, so their norms are registered here too."""
+    from .registry import load_plugin_source
+
+    for path, text in plugins or []:
+        load_plugin_source(path, text)
 
 
 def throttled_progress(index: int, send: Callable[[Event], None]) -> Callable[[int, float, float], None]:
@@ -118,7 +127,7 @@ def _watch_parent(conn) -> None:
     os._exit(3)
 
 
-def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, parent_conn) -> None:
+def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, parent_conn, plugins=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_watch_parent, args=(parent_conn,), daemon=True).start()
     from . import store
@@ -126,6 +135,7 @@ def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, paren
     from .trainer import train
 
     try:
+        load_plugins(plugins)
         summary = train(from_dict(cfg_dict), Path(run_dir), threads=threads,
                         on_progress=throttled_progress(index, events.put))
         store.write_summary(Path(run_dir), summary)
@@ -160,8 +170,8 @@ def _context():
 class LocalExecutor:
     """Runs ``(run_dir, cfg_dict)`` tasks in child processes, ``jobs`` at a time, yielding Events."""
 
-    def __init__(self, jobs: int, threads: int):
-        self.jobs, self.threads = jobs, threads
+    def __init__(self, jobs: int, threads: int, plugins: list | None = None):
+        self.jobs, self.threads, self.plugins = jobs, threads, plugins or []
         self.ctx = _context()
         self.active: dict[int, tuple] = {}
 
@@ -176,8 +186,8 @@ class LocalExecutor:
                 while todo and len(self.active) < self.jobs and not stop():
                     i, (run_dir, cfg_dict) = todo.pop(0)
                     recv, send = self.ctx.Pipe(duplex=False)
-                    p = self.ctx.Process(target=_child, args=(i, run_dir, cfg_dict, self.threads, events, recv),
-                                         daemon=False)
+                    p = self.ctx.Process(target=_child, args=(i, run_dir, cfg_dict, self.threads, events, recv,
+                                                              self.plugins), daemon=False)
                     with _main_hidden():
                         p.start()
                     recv.close()

@@ -269,3 +269,41 @@ def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = No
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
+    """The residual stream's RMS after each block (log scale), seed mean, at the end of training (solid)
+    and at the first step (dotted), one colour per model configuration: the curse of depth (Sun et
+    al. 2025) is a profile that climbs with the layer. None when no run measured it."""
+    col = "resid_rms_by_layer"
+    if col not in c.runs or c.runs[col].map(bool).sum() == 0:
+        return None
+    import numpy as np
+
+    plt = _pyplot()
+    palette = palette or Palette(c)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by = [k for k in c.by if k not in AFTER_INIT]
+    ok = c.runs[~c.runs["diverged"]]
+    labels = ok.apply(lambda r: group_label(r, by), axis=1) if len(ok) else []
+    for label in dict.fromkeys(labels):
+        runs = ok[labels == label]
+        color, _ = palette.style({k: runs.iloc[0][k] for k in by}, with_lr=False)
+        for key, ls, suffix in ((col, "-", ""), (f"{col}_init", ":", " (step 1)")):
+            profiles = [p for p in runs[key] if p] if key in runs else []
+            if not profiles:
+                continue
+            depth = max(len(p) for p in profiles)
+            arr = np.full((len(profiles), depth), np.nan)
+            for i, p in enumerate(profiles):
+                arr[i, :len(p)] = [math.nan if v is None else v for v in p]
+            ax.plot(np.arange(1, depth + 1), np.exp(np.nanmean(np.log(arr), axis=0)), color=color, ls=ls,
+                    marker="o" if not suffix else None, ms=3, lw=1.6 if not suffix else 1.0,
+                    label=f"{label}{suffix} (n={len(profiles)})")
+    ax.set(xlabel="block (1 = nearest the input)", ylabel="RMS of the residual stream after the block",
+           yscale="log", title="residual stream RMS per block: end of training (solid), step 1 (dotted)")
+    ax.title.set_fontsize(9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

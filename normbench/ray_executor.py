@@ -37,7 +37,7 @@ def import_ray():
     return ray
 
 
-def _train_task(index: int, cfg_dict: dict, threads: int, events) -> dict:
+def _train_task(index: int, cfg_dict: dict, threads: int, events, plugins=None) -> dict:
     """On a worker: train one run in a temporary folder and return its record (never raises)."""
     # fire and forget: Queue.put_nowait would block in ray.get, and a task blocked in ray.get lends
     # its CPUs to the next queued task, so more runs than CPUs would train at once
@@ -48,8 +48,10 @@ def _train_task(index: int, cfg_dict: dict, threads: int, events) -> dict:
     with tempfile.TemporaryDirectory(prefix="normbench-run-") as tmp:
         try:
             from .config import from_dict
+            from .executors import load_plugins
             from .trainer import train
 
+            load_plugins(plugins)  # the plugin files' texts came with the task: no shared filesystem needed
             # the thread count set explicitly: Ray sets OMP_NUM_THREADS, and a reused worker keeps
             # whatever an earlier task set (ray#35937)
             summary = train(from_dict(cfg_dict), Path(tmp), threads=threads, on_progress=progress)
@@ -79,8 +81,8 @@ class RayExecutor:
     """Runs ``(run_dir, cfg_dict)`` tasks as Ray tasks, at most ``jobs`` in flight, yielding Events."""
 
     def __init__(self, jobs: int, threads: int | None, address: str | None = None, cpus_per_run: float = 1,
-                 gpus_per_run: float = 0, retries: int = 0):
-        self.jobs, self.address = jobs, address
+                 gpus_per_run: float = 0, retries: int = 0, plugins: list | None = None):
+        self.jobs, self.address, self.plugins = jobs, address, plugins or []
         self.cpus_per_run, self.gpus_per_run, self.retries = cpus_per_run, gpus_per_run, retries
         self.threads = threads or max(1, int(cpus_per_run))  # torch threads: --threads, else the run's CPUs
         self.pending: dict = {}  # object ref -> task index
@@ -119,7 +121,7 @@ class RayExecutor:
             while (todo and not stop()) or self.pending:
                 while todo and len(self.pending) < self.jobs and not stop():
                     i, (_, cfg_dict) = todo.pop(0)
-                    self.pending[remote.remote(i, cfg_dict, self.threads, events)] = i
+                    self.pending[remote.remote(i, cfg_dict, self.threads, events, self.plugins)] = i
                 done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0.1)
                 while True:
                     try:

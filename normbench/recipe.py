@@ -1,7 +1,8 @@
 """Recipes: YAML -> validated runs.
 
 A recipe is a mapping with ``name``, ``description``, ``base`` (the config, see
-``config.py``) and an optional ``sweep`` with ``grid``, ``zip`` and ``seeds``.
+``config.py``), an optional ``sweep`` with ``grid``, ``zip`` and ``seeds``, and optional
+``claims`` (``claims.py``).
 ``load_recipe`` reads it safely (``yaml.SafeLoader``: tags such as
 ``!!python/object`` are refused, never executed), applies ``--set`` overrides,
 expands the sweep and validates every run before anything is trained.
@@ -20,7 +21,7 @@ import yaml
 from .config import RunConfig, check_dotted_key, from_dict, set_dotted, suggest
 from .errors import NormbenchError, Problems
 
-RECIPE_KEYS = ("name", "description", "base", "sweep")
+RECIPE_KEYS = ("name", "description", "base", "sweep", "claims")
 SWEEP_KEYS = ("grid", "zip", "seeds")
 MAX_PROBLEMS = 10  # a sweep's runs can repeat one mistake many times: stop listing after this many
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,6 +47,7 @@ class Recipe:
     runs: list[RunSpec]
     varied: list[str] = field(default_factory=list)
     path: str | None = None
+    claims: list = field(default_factory=list)  # claims.Claim, checked by `normbench claims` and the report
 
 
 class _Loader(yaml.SafeLoader):
@@ -74,7 +76,10 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise NormbenchError(f"cannot read: {e}", file=str(path)) from None
     try:
-        return yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise NormbenchError(f"refused: nested more than Python can read (a recipe is at most {MAX_DEPTH} levels "
+                             "deep)", file=str(path)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -85,6 +90,31 @@ def read_yaml(path: str | Path) -> Any:
         raise NormbenchError(f"malformed YAML at {where}{problem}", file=str(path)) from None
     except yaml.YAMLError as e:
         raise NormbenchError(f"malformed YAML: {e}", file=str(path)) from None
+    _check_size(data, str(path))
+    return data
+
+
+MAX_DEPTH, MAX_NODES = 32, 100_000
+
+
+def _check_size(data: Any, file: str) -> None:
+    """Refuse pathological YAML before anything walks it: nesting deeper than MAX_DEPTH, or more than
+    MAX_NODES values once aliases are expanded (a "billion laughs" file is a few lines that expand
+    to 10^9 values through aliases of aliases)."""
+    budget = [MAX_NODES]
+
+    def walk(node, depth):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise NormbenchError(f"refused: more than {MAX_NODES:,} values once YAML aliases are expanded; "
+                                 "a recipe is small", file=file)
+        if depth > MAX_DEPTH:
+            raise NormbenchError(f"refused: nested deeper than {MAX_DEPTH} levels; a recipe is shallow", file=file)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            walk(child, depth + 1)
+
+    walk(data, 0)
 
 
 def parse_set(items: list[str] | dict | None) -> dict[str, Any]:
@@ -223,9 +253,14 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
             err.message += (" (in every run)" if count == total else f" (in run {first} of {total}: {label})"
                             if count == 1 else f" (in {count} of {total} runs, the first run {first}: {label})")
         problems.add(err)
+    claims = []
+    with problems.check():
+        from .claims import parse_claims
+
+        claims = parse_claims(raw.get("claims"), runs)
     problems.raise_any()
     varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
-    return Recipe(name=name, description=description, runs=runs, varied=varied)
+    return Recipe(name=name, description=description, runs=runs, varied=varied, claims=claims)
 
 
 def _label(values: dict) -> str:
@@ -299,7 +334,7 @@ def _sweep(raw: Any, problems: Problems) -> tuple[dict, dict, list[int] | None]:
                     raise NormbenchError(e.message, key=where) from None
                 if not isinstance(vs, list) or not vs:
                     raise NormbenchError(f"expected a non-empty list of values, got {vs!r}", key=where)
-                if len({repr(v) for v in vs}) != len(vs):
+                if section == "grid" and len({repr(v) for v in vs}) != len(vs):  # zip rows may share values
                     raise NormbenchError(f"repeated value in {vs!r}", key=where)
                 out[str(k)] = vs
     both = set(axes) & set(zipped)
@@ -311,6 +346,9 @@ def _sweep(raw: Any, problems: Problems) -> tuple[dict, dict, list[int] | None]:
         problems.add(NormbenchError("zip lists must have equal lengths, got " +
                                     ", ".join(f"{k}: {n}" for k, n in lengths.items()), key="sweep.zip"))
         zipped = {}
+    rows = [repr(row) for row in zip(*zipped.values())]
+    if len(set(rows)) != len(rows):
+        problems.add(NormbenchError("two zip rows are the same (the same values of every zipped key)", key="sweep.zip"))
     seeds = None
     if raw.get("seeds") is not None:
         with problems.check():

@@ -7,6 +7,7 @@ RESULTS/report.md is an index linking them)::
     RESULTS/figures/curves.png           training loss, validation loss, gradient norm (and model update)
     RESULTS/figures/grad_norm_init.png   per-layer gradient norm at initialisation
     RESULTS/figures/lr_sensitivity.png   loss against learning rate (only when train.lr varies)
+    RESULTS/figures/resid_rms.png        the residual stream's RMS per block, at the end and at step 1
 
 Figures are drawn first and report.md is written last, atomically, so a report that
 exists is complete. Stale figures from an earlier report (say, an lr plot that no longer
@@ -18,8 +19,8 @@ import datetime as dt
 from pathlib import Path
 
 from . import __version__, plots, store
-from .compare import Comparison, _plain, _sens_metric, display_rows, fmt_value, legend, markdown_table, sensitivity_rows, \
-    short_names
+from .compare import Comparison, _plain, _sens_metric, against_best_words, display_rows, fmt_value, legend, \
+    markdown_table, sensitivity_rows, short_names
 
 FIGURES = "figures"
 FORMATS = ("png", "pdf", "svg")
@@ -58,7 +59,8 @@ def report_home(part: Comparison, out_dir: Path) -> Path:
 
 
 # figure name -> drawing function (each returns None when it has nothing to draw)
-DRAW = {"curves": plots.curves, "grad_norm_init": plots.grad_norm_init, "lr_sensitivity": plots.lr_sensitivity}
+DRAW = {"curves": plots.curves, "grad_norm_init": plots.grad_norm_init, "lr_sensitivity": plots.lr_sensitivity,
+        "resid_rms": plots.resid_rms}
 
 
 def render_index(c: Comparison, written: list, out_dir: Path, command: str) -> str:
@@ -103,6 +105,22 @@ def _write_one(c: Comparison, out_dir: Path, command: str, formats=()) -> Path:
     return path
 
 
+def claims_section(c: Comparison) -> list[str]:
+    """## Claims: the recipe's claims (its results folder's claims.yaml) with verdicts and evidence."""
+    from .claims import CLAIMS_FILE, claims_ledger, to_markdown
+
+    if len(c.sources) != 1 or not (Path(c.sources[0]) / CLAIMS_FILE).exists():
+        return []
+    df = claims_ledger([c.sources[0]])
+    if df.empty:
+        return []
+    counts = ", ".join(f"{n} {v}" for v, n in df["verdict"].value_counts().items())
+    return ["## Claims", "",
+            f"The recipe's claims checked against these runs ({counts}); the rule is in README: Claims. "
+            "Evidence: each side's mean ± the half-width of its 95% interval (n seeds), the difference Δ with its "
+            "95% interval and Welch's t-test p, per setting of the other factors.", "", to_markdown(df), ""]
+
+
 def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> str:
     recipes = sorted({str(r) for r in c.runs["recipe"].dropna()})
     n_div = int(c.runs["diverged"].sum())
@@ -115,9 +133,8 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
     if c.notes:
         lines += ["**Notes**", ""] + [f"- {n}" for n in c.notes] + [""]
     lines += ["## Comparison", "", markdown_table(*display_rows(c), bold_row=c.best), legend(c), ""]
-    best = c.best
-    if best is not None:
-        lines += [f"Best by {c.metric}: **{c.label(c.table.iloc[best])}**.", ""]
+    if (words := against_best_words(c)):
+        lines += [words, ""]
     if "lr_sensitivity" in figs:
         lines += ["## Learning-rate sensitivity", "",
                   f"Per configuration, the mean over the learning rates of min(loss, ln V) minus the best loss, on "
@@ -140,6 +157,15 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
                   "The norm of each block's feed-forward weight gradients on the first batch, before any update "
                   "(Xiong et al. 2020: under Post-LN it grows towards the output, under Pre-LN it does not).", "",
                   f"![gradient norm per layer at initialisation]({figs['grad_norm_init']})", ""]
+    if "resid_rms" in figs:
+        lines += ["## Residual stream per block", "",
+                  "The RMS of the residual stream after each block (seed geometric mean over the runs that did not "
+                  "diverge; log scale), at the end of training and at the first step. Under Pre-LN it grows with "
+                  "depth, so that late blocks add little to it (the curse of depth, Sun et al. 2025); LNS and "
+                  "Mix-LN claim to flatten it. Summary fields: `resid_rms_by_layer`, `resid_rms_by_layer_init`, "
+                  "`resid_rms_last`, `resid_rms_growth`.", "",
+                  f"![residual stream RMS per block]({figs['resid_rms']})", ""]
+    lines += claims_section(c)
     lines += ["## Diverged runs", ""]
     div = c.runs[c.runs["diverged"]]
     if div.empty:

@@ -15,6 +15,7 @@ from .display import make_reporter
 from .errors import NormbenchError
 from .executors import make_executor, plan_parallelism
 from .recipe import Recipe, RunSpec, load_recipe
+from .registry import load_plugin, plugins_for
 
 
 class Terminated(KeyboardInterrupt):
@@ -143,9 +144,17 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
             threads = threads or max(1, int(options.get("cpus_per_run", 1)))
         results = dict(plan.statuses)
         outcome = Outcome(plan, results, jobs=jobs, threads=threads)
-        engine = make_executor(executor, jobs, threads, **options)
+        plugins = plugins_for({r.cfg.model.norm for r in plan.todo})  # every worker loads them first
+        engine = make_executor(executor, jobs, threads, plugins=plugins, **options)
         if plan.todo:
             engine.open()  # before any folder is touched: an unreachable cluster leaves nothing half-written
+        if recipe.claims:  # `normbench claims RESULTS` and the report read them from the results folder
+            import yaml
+
+            from .claims import CLAIMS_FILE
+
+            store.write_atomic(plan.recipe_dir / CLAIMS_FILE,
+                               yaml.safe_dump([c.raw for c in recipe.claims], sort_keys=False, allow_unicode=True))
         for r in plan.todo:
             results[r.run_id] = "pending"
         tasks = []
@@ -219,7 +228,8 @@ def _cuda_available() -> bool:
 def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path = "results",
                threads: int | None = None, force: bool = False, retry_failed: bool = False,
                fail_fast: bool = False, progress: bool = False, executor: str = "local",
-               address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0, retries: int = 0):
+               address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0, retries: int = 0,
+               plugins: list | None = None):
     """Run a recipe (a path or a dict) and return its runs as a pandas DataFrame.
 
     ``overrides`` is a dict of dotted keys or a list of ``"key=value"`` strings,
@@ -228,8 +238,10 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
     ``progress=True`` prints one line per run as it starts and ends. ``executor="ray"`` runs each
     run as a Ray task (``address``: None starts a local Ray instance, ``"auto"`` or
     ``"ray://host:port"`` joins a cluster; ``cpus_per_run``, ``gpus_per_run``, ``retries``), as
-    ``normbench run --executor ray``.
+    ``normbench run --executor ray``. ``plugins``: plugin files to load first, as ``--plugin``.
     """
+    for path in plugins or []:
+        load_plugin(path)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     plan = make_plan(rec, out, force=force, retry_failed=retry_failed)
     if plan.todo:

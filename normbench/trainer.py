@@ -141,6 +141,14 @@ class MetricsLog:
             self.f.close()
 
 
+def plugin_record(norm: str) -> dict | None:
+    """Where a plugin norm came from: the file and its text's SHA-256 (part of the run id)."""
+    from .registry import plugin_of
+
+    plugin = plugin_of(norm)
+    return None if plugin is None else {"norm": norm, "path": plugin.path, "sha256": plugin.sha256}
+
+
 def resid_summary(profiles: list[list]) -> dict:
     """The residual stream's RMS per block at the first and the last measure step, and its last block's
     growth between them (Sun et al. 2025's curse of depth: Pre-LN's residual grows with depth)."""
@@ -437,6 +445,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "peak_mem_mb": peak_mem,
         "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         "corpus": task.fingerprint,
+        "plugin": plugin_record(m.norm),
         "device": str(device),
         "precision_used": resolve_precision(device, t.precision),
         "threads": torch.get_num_threads(),

@@ -74,7 +74,7 @@ def test_bench_table_and_bad_input():
     assert "normbench (measurements on)" in res.stdout and "reference" not in res.stdout
     res = runner.invoke(app, ["bench", "--set", "model.layer=2"])
     assert res.exit_code == 2 and res.stderr.strip() == \
-        "normbench: error: model.layer: unknown key (did you mean model.layers?)"
+        "normbench: error: --set model.layer: unknown key (did you mean model.layers?)"
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "batchnorm_masked"])

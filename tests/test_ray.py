@@ -156,3 +156,22 @@ def test_ray_options_are_refused_with_the_local_executor(tmp_path):
     p = write_recipe(tmp_path, {"name": "o", "base": tiny()})
     res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "res"), "--retries", "2"])
     assert res.exit_code == 2 and "--retries" in res.output and "--executor ray" in res.output
+
+
+def test_a_plugin_norm_reaches_the_ray_workers_without_a_shared_file(tmp_path, ray_instance):
+    """The plugin's text travels with the task: the worker never reads the file (it is deleted here
+    once the driver has loaded it), as on a cluster whose nodes do not share the driver's disk."""
+    plugin = tmp_path / "quarter.py"
+    plugin.write_text("import torch\nimport normbench\n\n"
+                      "class Quarter(torch.nn.Module):\n"
+                      "    def forward(self, x, mask=None):\n"
+                      "        return 0.25 * x / x.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()\n\n"
+                      "normbench.register_norm('quarternorm_ray', lambda d: Quarter())\n")
+    normbench.load_plugin(plugin)
+    sha = __import__("normbench.registry", fromlist=["plugin_of"]).plugin_of("quarternorm_ray").sha256
+    plugin.unlink()
+    recipe = {"name": "pr", "base": tiny(model={"norm": "quarternorm_ray"}, train={"steps": 8})}
+    df = normbench.run_recipe(write_recipe(tmp_path, recipe), out=tmp_path / "res", executor="ray")
+    assert (df["status"] == "completed").all(), df.get("error")
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "pr").glob("*/summary.json")]
+    assert summary["plugin"]["sha256"] == sha
