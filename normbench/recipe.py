@@ -216,6 +216,20 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
         problems.raise_any()
     # go on with what is valid: the runs' own mistakes are reported with those found so far
 
+    runs = _expand(base, axes, zipped, seeds, base_dir, flagged, problems)
+    claims = []
+    with problems.check():
+        from .claims import parse_claims
+
+        claims = parse_claims(raw.get("claims"), None if problems.errors else runs)  # runs: are groups real?
+    problems.raise_any()
+    varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
+    return Recipe(name=name, description=description, runs=runs, varied=varied, claims=claims)
+
+
+def _expand(base: dict, axes: dict, zipped: dict, seeds, base_dir: Path, flagged: set, problems: Problems) -> list:
+    """The sweep's runs (grid x zip rows x seeds), each validated; a mistake shared by many runs is
+    reported once, with how many runs it is in and the first of them."""
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     seed_list = [{"seed": s} for s in seeds] if seeds is not None else [{}]
     runs, seen = [], set()
@@ -253,14 +267,7 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
             err.message += (" (in every run)" if count == total else f" (in run {first} of {total}: {label})"
                             if count == 1 else f" (in {count} of {total} runs, the first run {first}: {label})")
         problems.add(err)
-    claims = []
-    with problems.check():
-        from .claims import parse_claims
-
-        claims = parse_claims(raw.get("claims"), runs)
-    problems.raise_any()
-    varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
-    return Recipe(name=name, description=description, runs=runs, varied=varied, claims=claims)
+    return runs
 
 
 def _label(values: dict) -> str:

@@ -112,7 +112,7 @@ def test_subprocess_run_and_module_entry(tmp_path):
      "normbench run: error: Invalid value for '--jobs' / '-j': Input should be greater than or equal to 1 "
      "(see `normbench run --help`)"),
     (["compare", "--bogus"], "normbench compare: error: No such option: --bogus (see `normbench compare --help`)"),
-    (["run"], "normbench run: error: Missing argument 'recipe' (see `normbench run --help`)"),
+    (["run"], "normbench run: error: Missing argument 'RECIPE...' (see `normbench run --help`)"),
     (["nosuch"], "normbench: error: No such command 'nosuch' (see `normbench --help`)"),
 ])
 def test_usage_errors_from_the_console_script_are_one_line_exit_2(args, message):

@@ -139,7 +139,7 @@ def test_csv_json_markdown_and_table_parse_back(sweep, tmp_path):
 
     res = runner.invoke(app, ["compare", str(out), "--format", "markdown"])
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("| placement | lr | n | diverged | final val")
+    assert lines[0].startswith("| placement | lr | n | diverged | vs best | final val")
     assert lines[2].startswith("| **")  # best row in bold
     # the header, and the two losses of the two fully diverged groups; their stability measures are numbers
     assert sum(line.count("diverged") for line in lines if line.startswith("| ")) == 1 + 2 * 2

@@ -92,10 +92,15 @@ def kill_worker_once(killed):
 
 def pid_of_newest_run():
     """The worker process training a run: the Ray worker whose task is _train_task."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    pids = [int(l.split()[0]) for l in out.splitlines() if "ray::_train_task" in l]
-    assert pids, out
-    return pids[-1]
+    import time
+
+    for _ in range(100):  # a loaded machine may show the worker's new title a moment late
+        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        pids = [int(l.split()[0]) for l in out.splitlines() if "ray::_train_task" in l]
+        if pids:
+            return pids[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no ray::_train_task process:\n{out}")
 
 
 @pytest.mark.parametrize("retries", [0, 1])

@@ -1,0 +1,167 @@
+"""A comparison's output formats: csv, json, markdown, and the cells and words the terminal table,
+the markdown and the report share (``compare.py`` computes; this file only shows)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from .compare import (LOSS_METRICS, LR, METRICS, OVER_ALL_RUNS, SPEED_METRICS, Comparison, _count, _hashable,
+                      _plain, short_names)
+
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """The table as JSON-safe records: NaN and None -> null, numpy scalars -> Python."""
+    def clean(v):
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        v = _hashable(v)
+        return None if v == "-" else v
+
+    return [{k: clean(v) for k, v in r.items()} for _, r in table.iterrows()]
+
+
+def to_csv(c: Comparison) -> str:
+    return c.table.to_csv(index=False)
+
+
+def to_json(c: Comparison) -> str:
+    doc = {"by": c.by, "metric": c.metric, "lower_is_better": METRICS[c.metric][1], "sources": c.sources,
+           "rows": records(c.table),
+           "lr_sensitivity": records(c.sensitivity) if c.sensitivity is not None else None,
+           "crashed": [{"run_id": r["run_id"], "path": r["path"], "error": r.get("error")}
+                       for _, r in c.crashed.iterrows()],
+           "notes": c.notes}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def fmt_value(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
+    return str(v)
+
+
+def cell(row, m: str) -> str:
+    """``2.174 ± 0.012``: the mean and the half-width of its 95% interval; ``diverged`` for a loss when
+    every run of the group diverged; ``-`` when not measured. Stability measures are shown for
+    diverged runs too."""
+    if row["n_diverged"] == row["n"] and m not in OVER_ALL_RUNS and m not in SPEED_METRICS:
+        return "diverged"
+    mean, lo, hi = row[f"{m}_mean"], row.get(f"{m}_ci95_lo", math.nan), row.get(f"{m}_ci95_hi", math.nan)
+    if isinstance(mean, float) and math.isnan(mean):
+        return "-"
+    return fmt_value(mean) + ("" if isinstance(lo, float) and math.isnan(lo) else f" ± {fmt_value((hi - lo) / 2, 2)}")
+
+
+def vs_best(row, is_best: bool) -> str:
+    """``best``; ``= (p 0.41)`` when indistinguishable from it at 5%; ``p 0.003`` when worse; ``= (too few
+    seeds)`` when untestable; ``-`` for a group with no value."""
+    if is_best:
+        return "best"
+    p = row.get("p_vs_best", math.nan)
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "= (too few seeds)" if row.get("same_as_best") else "-"
+    return f"= (p {p:.2g})" if row.get("same_as_best") else f"p {p:.2g}"
+
+
+def display_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the terminal table and the markdown one."""
+    names = short_names(c.by)
+    header = [names[k] for k in c.by] + ["n", "diverged", "vs best"] + [METRICS[m][0] for m in c.metrics]
+    if "lr_sensitivity" in c.table:
+        header.append("LR sens.")
+    rows = []
+    for i, (_, r) in enumerate(c.table.iterrows()):
+        cells = [_plain(r[k]) for k in c.by] + [str(int(r["n"])), f"{int(r['n_diverged'])}/{int(r['n'])}",
+                                                vs_best(r, i == c.best)]
+        cells += [cell(r, m) for m in c.metrics]
+        if "lr_sensitivity" in c.table:
+            cells.append(fmt_value(r["lr_sensitivity"], 3))
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]], bold_row: int | None = None) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(rows):
+        cells = [f"**{esc(x)}**" if i == bold_row else esc(x) for x in r]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    others = [k for k in c.by if k != LR]
+    names = short_names(others)
+    header = [names[k] for k in others] + ["learning rates", "best lr", "best loss", "LR sensitivity"]
+    rows = [[_plain(r[k]) for k in others] + [str(r["lrs"]), f"{r['best_lr']:g}", fmt_value(r["best_loss"]),
+                                              fmt_value(r["lr_sensitivity"], 3)]
+            for _, r in c.sensitivity.iterrows()]
+    return header, rows
+
+
+def against_best_words(c: Comparison) -> str:
+    """The groups indistinguishable from the best and the worse ones, in words, with the test used."""
+    best = c.best
+    if best is None or len(c.table) < 2:
+        return ""
+    same, worse, few, failed = [], [], [], []
+    for i, (_, r) in enumerate(c.table.iterrows()):
+        if i == best:
+            continue
+        label, p = c.label(r), r.get("p_vs_best", math.nan)
+        if isinstance(p, float) and math.isnan(p):
+            (few if r.get("same_as_best") else failed).append(label)
+        elif r.get("same_as_best"):
+            same.append(f"{label} (p = {p:.2g})")
+        else:
+            worse.append(f"{label} (p = {p:.2g}{', and it diverged more often' if r['diverged_rate'] > 0 else ''})")
+    parts = [f"Best by {c.metric}: **{c.label(c.table.iloc[best])}**."]
+    if same:
+        parts.append(f"Not distinguishable from it at the 5% level (Welch's t-test over seeds): {'; '.join(same)}.")
+    if worse:
+        parts.append(f"Worse than it at 95% confidence: {'; '.join(worse)}.")
+    if few:
+        parts.append(f"Too few seeds to tell (fewer than 2): {'; '.join(few)}.")
+    if failed:
+        parts.append(f"Every run diverged: {'; '.join(failed)}.")
+    return " ".join(parts)
+
+
+def legend(c: Comparison) -> str:
+    direction = "lower" if METRICS[c.metric][1] else "higher"
+    return (f"Ranked by the share of diverged runs, then by {c.metric} ({direction} is better). Cells: mean ± "
+            "the half-width of its 95% confidence interval (Student's t over the seeds; none with one seed); "
+            "losses over the seeds that did not diverge, stability measures (spikes, max |grad|, max logit, max "
+            "update, steps > ceiling, max loss) over every seed. 'vs best': Welch's t-test p against the best "
+            "group on the ranking metric, '=' when not distinguishable from it at 5%. 'diverged' counts the runs "
+            "that did. Losses in nats.")
+
+
+def to_markdown(c: Comparison) -> str:
+    """The comparison, the LR sensitivity (when lr varies) and the notes, as GitHub markdown;
+    one section per recipe when ``c.per_recipe()`` splits it."""
+    split = c.per_recipe()
+    parts = []
+    for part in split:
+        if len(split) > 1:
+            parts.append(f"### {part.recipe}: {_count(part.runs, 'run')}, grouped by "
+                         f"{', '.join(f'`{k}`' for k in part.by) or 'nothing'}")
+        parts += [markdown_table(*display_rows(part), bold_row=part.best), legend(part)]
+        if (words := against_best_words(part)):
+            parts.append(words)
+        if part.sensitivity is not None:
+            parts += [f"Learning-rate sensitivity of {_sens_metric(part)} (Wortsman et al. 2023: mean over the "
+                      "learning rates of min(loss, ln V) minus the best; lower is more forgiving):",
+                      markdown_table(*sensitivity_rows(part))]
+    if c.notes:
+        parts += ["Notes:", "\n".join(f"- {n}" for n in c.notes)]
+    return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+def _sens_metric(c: Comparison) -> str:
+    return c.metric if c.metric in LOSS_METRICS else "final_val_loss"
