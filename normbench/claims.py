@@ -295,9 +295,11 @@ def evidence_text(claim: Claim, settings: list[dict]) -> str:
     return " | ".join(parts)
 
 
-def sources_for(paths, out="results") -> list[tuple[str, list, "Path"]]:  # noqa: F821
-    """(recipe name, claims, results folder) for each path: a recipe file (its claims; its results in
-    OUT/<name>) or a results folder (every recipe folder under it that holds a claims.yaml)."""
+def sources_for(paths, out="results") -> list[tuple]:
+    """(recipe name, claims, results folder, the recipe's run ids) for each path: a recipe file (its
+    claims and runs; its results in OUT/<name>) or a results folder (every recipe folder under it
+    holding a claims.yaml, which names the recipe's runs). A claim is checked on the recipe's own
+    runs only, not on other runs the folder may hold (an earlier version of the recipe)."""
     from pathlib import Path
 
     import yaml
@@ -309,15 +311,17 @@ def sources_for(paths, out="results") -> list[tuple[str, list, "Path"]]:  # noqa
     for path in map(Path, paths):
         if path.is_file():
             rec = load_recipe(path)
-            found.append((rec.name, rec.claims, Path(out) / rec.name))
+            found.append((rec.name, rec.claims, Path(out) / rec.name, {r.run_id for r in rec.runs}))
         elif path.is_dir():
             for d in find_recipe_dirs(path):
                 if (d / CLAIMS_FILE).exists():
                     try:
-                        raw = yaml.safe_load((d / CLAIMS_FILE).read_text())
+                        doc = yaml.safe_load((d / CLAIMS_FILE).read_text()) or {}
                     except yaml.YAMLError as e:
                         raise NormbenchError(f"malformed YAML: {e}", file=str(d / CLAIMS_FILE)) from None
-                    found.append((d.name, parse_claims(raw), d))
+                    if isinstance(doc, list):  # a bare list of claims: checked on every run of the folder
+                        doc = {"claims": doc}
+                    found.append((d.name, parse_claims(doc.get("claims")), d, set(doc.get("runs") or []) or None))
         else:
             raise NormbenchError("no such recipe file or results folder", file=str(path))
     return found
@@ -332,9 +336,11 @@ def ledger(sources) -> "pd.DataFrame":  # noqa: F821
     from .store import DONE
 
     rows = []
-    for recipe_name, claims, results in sources:
+    for recipe_name, claims, results, run_ids in (s if len(s) == 4 else (*s, None) for s in sources):
         runs = collect([results])[0] if results.is_dir() and any(results.iterdir()) else pd.DataFrame()
         done = runs[runs["status"].isin(DONE)] if len(runs) else runs
+        if run_ids is not None and len(done):
+            done = done[done["run_id"].isin(run_ids)]
         for c in claims:
             res = evaluate(c, done) if len(done) else {"verdict": "inconclusive", "evidence": "no finished runs yet",
                                                         "settings": [], "seeds_needed": None}

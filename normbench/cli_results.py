@@ -126,7 +126,9 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
     except NormbenchError as e:
         fail(e)
     if fmt == "table":
-        console = out_console if output is None else Console(file=io.StringIO(), width=160, highlight=False)
+        # the terminal's console, at the width the tables were fitted to ($COLUMNS, the terminal, else 160)
+        console = Console(highlight=False, width=table_width()) if output is None else \
+            Console(file=io.StringIO(), width=160, highlight=False)
         for part in c.per_recipe():  # several recipes, factors detected: one table each
             table, dropped = _rich_compare(part, table_width() if output is None else 160)
             console.print(table)

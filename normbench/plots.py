@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 from .compare import LR, Comparison, _plain, group_label, short_names
@@ -28,7 +29,8 @@ def _pyplot():
 class Palette:
     """One style per configuration across every figure of a report: the colour follows the factors
     that shape the model and data (norm, placement, depth...), the line style the training factors
-    (learning rate, warmup...; AFTER_INIT), in the order of the comparison's table. A figure that
+    (learning rate, warmup...; AFTER_INIT) and the depth when something else varies too, in the order of
+    the comparison's table. A figure that
     groups more coarsely (per model in the gradient profile, per model without lr in the LR
     sensitivity) draws each configuration in the colour it has everywhere else."""
 
@@ -37,6 +39,9 @@ class Palette:
 
         self.model_keys = [k for k in c.by if k not in AFTER_INIT]
         self.train_keys = [k for k in c.by if k in AFTER_INIT and k != LR]
+        if "model.layers" in self.model_keys and len(self.model_keys) > 1:  # depth as a line style: a
+            self.model_keys.remove("model.layers")                          # placement keeps its colour
+            self.train_keys.insert(0, "model.layers")
         self.lr = LR in c.by
         self.colors = matplotlib.colormaps["tab10"].colors
         self.models = list(dict.fromkeys(self._key(r, self.model_keys) for _, r in c.table.iterrows()))
@@ -178,7 +183,7 @@ def curves_figure(c: Comparison, palette: Palette | None = None):
         if metric == "loss":
             title = f"{title} ({smoothing})"
         elif metric == "grad_norm":
-            title = f"{title}: seed geometric mean of the {smoothing.replace('running mean', 'running geometric mean')}; thin: per-step max over seeds"
+            title = f"{title}\n(seed geometric mean, {smoothing.replace('running mean', 'running geometric mean')}; thin: per-step max)"
         ax.set(title=title, xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
@@ -186,9 +191,15 @@ def curves_figure(c: Comparison, palette: Palette | None = None):
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
-    row = 0.22 / fig.get_figheight()  # one legend row, in figure coordinates
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - row * math.ceil(len(labels) / 4)), frameon=False)
+    spare = axes[len(panels):]
+    if spare:  # an empty panel holds the legend, so long labels do not widen the figure
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(handles, [textwrap.fill(t, 60) for t in labels], loc="center", fontsize=8, frameon=False)
+    else:
+        row = 0.22 / fig.get_figheight()  # one legend row, in figure coordinates
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02 - row * math.ceil(len(labels) / 4)), frameon=False)
     if diverged:
         fig.suptitle("x marks where a diverged run stopped (its loss clipped to the top of the axis)", fontsize=9, y=1.03)
     return fig
@@ -288,8 +299,8 @@ def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -
     labels = ok.apply(lambda r: group_label(r, by), axis=1) if len(ok) else []
     for label in dict.fromkeys(labels):
         runs = ok[labels == label]
-        color, _ = palette.style({k: runs.iloc[0][k] for k in by}, with_lr=False)
-        for key, ls, suffix in ((col, "-", ""), (f"{col}_init", ":", " (step 1)")):
+        color, ls = palette.style({k: runs.iloc[0][k] for k in by}, with_lr=False)
+        for key, faint in ((col, False), (f"{col}_init", True)):
             profiles = [p for p in runs[key] if p] if key in runs else []
             if not profiles:
                 continue
@@ -298,12 +309,13 @@ def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -
             for i, p in enumerate(profiles):
                 arr[i, :len(p)] = [math.nan if v is None else v for v in p]
             ax.plot(np.arange(1, depth + 1), np.exp(np.nanmean(np.log(arr), axis=0)), color=color, ls=ls,
-                    marker="o" if not suffix else None, ms=3, lw=1.6 if not suffix else 1.0,
-                    label=f"{label}{suffix} (n={len(profiles)})")
+                    marker=None if faint else "o", ms=3, lw=0.8 if faint else 1.6, alpha=0.45 if faint else 1.0,
+                    label=None if faint else f"{label} (n={len(profiles)})")
     ax.set(xlabel="block (1 = nearest the input)", ylabel="RMS of the residual stream after the block",
-           yscale="log", title="residual stream RMS per block: end of training (solid), step 1 (dotted)")
+           yscale="log", title="residual stream RMS per block, seed geometric mean: end of training "
+                               "(markers), step 1 (faint)")
     ax.title.set_fontsize(9)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)

@@ -153,8 +153,8 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
 
             from .claims import CLAIMS_FILE
 
-            store.write_atomic(plan.recipe_dir / CLAIMS_FILE,
-                               yaml.safe_dump([c.raw for c in recipe.claims], sort_keys=False, allow_unicode=True))
+            doc = {"recipe": recipe.name, "runs": [r.run_id for r in recipe.runs], "claims": [c.raw for c in recipe.claims]}
+            store.write_atomic(plan.recipe_dir / CLAIMS_FILE, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
         for r in plan.todo:
             results[r.run_id] = "pending"
         tasks = []
