@@ -30,7 +30,8 @@ Verdict per setting (Welch's t-test, 5%; ``stats.py``):
 
 Across settings: every setting held → ``held``; every one not held → ``not held``; some held and
 some not held → ``mixed``; anything else → ``inconclusive``. An inconclusive verdict says how
-many seeds per side the observed spread suggests (``stats.seeds_needed``).
+many seeds per side the observed spread suggests (``stats.seeds_needed``: for a directional claim
+to detect the observed difference, for an equivalence to fit its interval inside the margin).
 """
 from __future__ import annotations
 
@@ -238,7 +239,8 @@ def setting_verdict(claim: Claim, a: list[float], b: list[float]) -> tuple[str, 
         return "held", ev
     if w.p < ALPHA and abs(w.diff) >= m:
         return "not held", ev
-    ev["needed"] = seeds_needed(a, b, m)
+    # equivalence: the interval of d must shrink inside the margin, so the effect is the room left, m - |d|
+    ev["needed"] = seeds_needed(a, b, m - abs(w.diff), one_sided=True) if abs(w.diff) < m else None
     return "inconclusive", ev
 
 
@@ -257,7 +259,9 @@ def evaluate(claim: Claim, runs) -> dict:
     from .compare import _plain, short_names, varied_factors
 
     runs = _select(runs, claim.where) if claim.where else runs
-    named = set(claim.where) | set(claim.a) | set(claim.b) | ({"train.lr"} if claim.metric == "lr_sensitivity" else set())
+    # a where-key with several values still splits settings: the claim must hold at each of them
+    named = {k for k, vs in claim.where.items() if len(vs) == 1} | set(claim.a) | set(claim.b) | \
+        ({"train.lr"} if claim.metric == "lr_sensitivity" else set())
     others = [k for k in varied_factors(runs) if k not in named and k != "recipe"] if len(runs) else []
     a_runs, b_runs = _select(runs, claim.a), _select(runs, claim.b)
     settings = []
@@ -290,7 +294,9 @@ def evidence_text(claim: Claim, settings: list[dict]) -> str:
         where = f"{s['setting']}: " if s["setting"] else ""
         test = "too few seeds" if math.isnan(s["p"]) else \
             f"Δ {s['diff']:+.3g}, 95% CI [{s['lo']:+.3g}, {s['hi']:+.3g}], Welch p = {s['p']:.2g}"
-        more = f"; ~{s['needed']} seeds per side would settle it" if s.get("needed") else ""
+        more = f"; ~{s['needed']} seeds per side would settle it" if s.get("needed") else \
+            ("; the difference is too small for more seeds to settle it" if s["verdict"] == "inconclusive"
+             and not math.isnan(s["p"]) else "")
         parts.append(f"{where}{names[0]} {side(s['a'])} vs {names[1]} {side(s['b'])}; {test} → {s['verdict']}{more}")
     return " | ".join(parts)
 

@@ -5,7 +5,7 @@
 - ``welch``: Welch's unequal-variance t-test of two groups' means (two-sided p) and the 95%
   interval of their difference; either group with fewer than 2 values has no test.
 - ``seeds_needed``: how many seeds per group would make an observed difference significant
-  (a two-sided test at 5% with 80% power, normal approximation), for "inconclusive" verdicts.
+  (a 5% test with 80% power at the observed spread, Student's t), for "inconclusive" verdicts.
 """
 from __future__ import annotations
 
@@ -81,17 +81,25 @@ def welch(a, b, shift: float = 0.0, confidence: float = 0.95) -> Welch:
     return Welch(diff, float(res.pvalue), float(ci.low) + shift, float(ci.high) + shift, len(a), len(b))
 
 
-def seeds_needed(a, b, effect: float) -> int | None:
-    """Seeds per group for a two-sided 5% test to detect ``effect`` with 80% power, given the groups'
-    observed spread (pooled sd); None when the spread cannot be estimated or the effect is 0."""
+def seeds_needed(a, b, effect: float, one_sided: bool = False, limit: int = 1000) -> int | None:
+    """Seeds per group for a 5% test (two-sided, or one-sided for an equivalence margin) to detect
+    ``effect`` with 80% power, at the groups' observed spread (pooled sd), with Student's t at
+    2n - 2 degrees of freedom. At least one more than the seeds there are (the estimate is noisy).
+    None when the spread cannot be estimated, the effect is 0, or more than ``limit`` would be needed
+    (the observed difference is too small for more seeds to settle anything)."""
     from scipy import stats
 
     a = [float(v) for v in a if v is not None and math.isfinite(float(v))]
     b = [float(v) for v in b if v is not None and math.isfinite(float(v))]
-    if len(a) < 2 or len(b) < 2 or not effect:
+    if len(a) < 2 or len(b) < 2 or not effect or not math.isfinite(effect):
         return None
     var = (statistics.variance(a) * (len(a) - 1) + statistics.variance(b) * (len(b) - 1)) / (len(a) + len(b) - 2)
+    have = max(len(a), len(b)) + 1
     if var == 0:
-        return 2
-    z = stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)
-    return max(2, math.ceil(2 * (z * math.sqrt(var) / abs(effect)) ** 2))
+        return have
+    q = 1 - ALPHA if one_sided else 1 - ALPHA / 2
+    for n in range(2, limit + 1):
+        df = 2 * n - 2
+        if (stats.t.ppf(q, df) + stats.t.ppf(POWER, df)) * math.sqrt(var * 2 / n) <= abs(effect):
+            return max(n, have)
+    return None

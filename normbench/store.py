@@ -133,6 +133,10 @@ def read_run(run_dir: Path) -> dict | None:
         return None
     row = {"run_id": run_dir.name, "status": st, "recipe": recipe.get("name")}
     row.update(flatten(recipe.get("base") or {}))
+    from .config import LATER_KEYS
+
+    for key, default in LATER_KEYS.items():  # a run made before the key existed had its default behaviour
+        row.setdefault(key, default)
     if st in DONE:
         summary = json.loads((run_dir / SUMMARY).read_text())
         row.update({k: v for k, v in summary.items() if k not in INDEX_SKIP and k != "run_id"})

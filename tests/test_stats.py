@@ -40,13 +40,18 @@ def test_welch_by_hand():
     assert welch([2.0, 2.0], [3.0, 3.0]).p == 0.0 and welch([2.0, 2.0], [2.0, 2.0]).p == 1.0
 
 
-def test_seeds_needed_is_the_normal_approximation_by_hand():
-    from scipy.stats import norm
+def test_seeds_needed_by_hand():
+    from scipy.stats import t
 
     a, b = [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]  # pooled sd 1
-    z = norm.ppf(0.975) + norm.ppf(0.8)
-    assert seeds_needed(a, b, 0.5) == math.ceil(2 * (z / 0.5) ** 2)
-    assert seeds_needed([1.0], b, 0.5) is None
+    n = seeds_needed(a, b, 0.5)
+
+    def power_ok(k):  # two-sided 5%, 80% power, Student's t at 2k - 2 degrees of freedom
+        return (t.ppf(0.975, 2 * k - 2) + t.ppf(0.8, 2 * k - 2)) * math.sqrt(2 / k) <= 0.5
+
+    assert power_ok(n) and not power_ok(n - 1) and n > 60
+    assert seeds_needed(a, b, 5.0) == 4  # a huge effect: at least one seed more than there are
+    assert seeds_needed([1.0], b, 0.5) is None and seeds_needed(a, b, 1e-6) is None  # untestable, hopeless
 
 
 def table():
