@@ -173,7 +173,7 @@ def _select(runs, selector: dict[str, list]):
         col = runs[key] if key in runs else None
         if col is None:
             return runs.iloc[0:0]
-        keep &= col.map(lambda v: any(_matches(v, str(x)) for x in values)).to_numpy()
+        keep &= col.map(lambda v: any(_matches(v, str(x)) for x in values)).to_numpy(dtype=bool)
     return runs[keep]
 
 

@@ -114,9 +114,11 @@ class RayExecutor:
 
         self.ray = ray
         events = Queue(actor_options={"num_cpus": 0})
+        ray.get(events.actor.qsize.remote())  # the queue's actor is up before any task reports to it
         remote = ray.remote(_train_task).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
                                                  max_retries=self.retries, retry_exceptions=False)
         todo = list(enumerate(tasks))
+        started: set[int] = set()
         try:
             while (todo and not stop()) or self.pending:
                 while todo and len(self.pending) < self.jobs and not stop():
@@ -129,9 +131,12 @@ class RayExecutor:
                     except Empty:
                         break
                     if ev.index in self.pending.values():
+                        started.add(ev.index)
                         yield ev
                 for ref in done:
                     i = self.pending.pop(ref)
+                    if i not in started:  # its start event is still on the way: every end follows a start
+                        yield Event("start", i)
                     yield Event("end", i, record=self._record(ref))
         finally:
             self.terminate()

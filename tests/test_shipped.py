@@ -18,10 +18,10 @@ def test_there_are_recipes():
 
 
 def covering_runs(rec):
-    """A few runs in which every value of every swept key (and every seed) appears at least once:
+    """A few runs in which every value of every swept key appears at least once:
     all of a recipe's runs are validated when it loads; these ones train (init_conventions alone
     has 72 runs, which would cost the suite minutes for nothing a cover does not test)."""
-    keys = rec.varied + ["seed"]
+    keys = [k for k in rec.varied if k != "seed"]  # a seed is a number: any run trains with one
     seen, chosen = set(), []
     for run in rec.runs:
         values = {(k, str(run.values.get(k, run.cfg.seed if k == "seed" else None))) for k in keys}
@@ -39,7 +39,7 @@ def test_shipped_recipe_opens_with_its_claim_and_command_and_runs_shortened(path
     assert rec.name == path.stem and rec.description and len(rec.runs) >= 2
     short = load_recipe(path, SHORT)
     cover = dataclasses.replace(short, runs=covering_runs(short))
-    assert 2 <= len(cover.runs) <= 12
+    assert 1 <= len(cover.runs) <= 12
     df = normbench.run_recipe(cover, out=tmp_path, jobs=2)
     assert len(df) == len(cover.runs) and set(df["status"]) <= {"completed", "diverged"}
     # every claim is checked on the shortened runs (the verdict need not be "held" after 2 steps)
