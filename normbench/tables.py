@@ -58,13 +58,14 @@ def cell(row, m: str) -> str:
 
 
 def vs_best(row, is_best: bool) -> str:
-    """``best``; ``= (p 0.41)`` when indistinguishable from it at 5%; ``p 0.003`` when worse; ``= (too few
-    seeds)`` when untestable; ``-`` for a group with no value."""
+    """``best``; ``= (p 0.41)`` when indistinguishable from it at 5%; ``p 0.003`` when worse; ``untested (too
+    few seeds)`` when either side has fewer than 2 seeds (same_as_best is then true by convention, not by
+    evidence); ``-`` for a group with no value."""
     if is_best:
         return "best"
     p = row.get("p_vs_best", math.nan)
     if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "= (too few seeds)" if row.get("same_as_best") else "-"
+        return "untested (too few seeds)" if row.get("same_as_best") else "-"
     return f"= (p {p:.2g})" if row.get("same_as_best") else f"p {p:.2g}"
 
 
@@ -138,7 +139,8 @@ def legend(c: Comparison) -> str:
             "the half-width of its 95% confidence interval (Student's t over the seeds; none with one seed); "
             "losses over the seeds that did not diverge, stability measures (spikes, max |grad|, max logit, max "
             "update, steps > ceiling, max loss) over every seed. 'vs best': Welch's t-test p against the best "
-            "group on the ranking metric, '=' when not distinguishable from it at 5%. 'diverged' counts the runs "
+            "group on the ranking metric, '=' when not distinguishable from it at 5%, 'untested' with fewer than 2 "
+            "seeds on either side. 'diverged' counts the runs "
             "that did. Losses in nats.")
 
 
