@@ -206,14 +206,11 @@ def _values(runs, metric: str) -> list[float]:
 
 def _lr_sensitivity_per_seed(runs) -> list[float]:
     """Wortsman et al.'s LR sensitivity of each seed's curve over the learning rates in ``runs``."""
+    from .compare import lr_curve
+
     out = []
     for _, g in runs.groupby("seed"):
-        cap = math.log(float(g["vocab_size"].max()))
-        curve = {}
-        for lr, gl in g.groupby("train.lr"):
-            vals = [cap if bool(d) or v is None or not math.isfinite(float(v)) else min(float(v), cap)
-                    for d, v in zip(gl["diverged"], gl["final_val_loss"])]
-            curve[float(lr)] = sum(vals) / len(vals)
+        _, curve = lr_curve(g)
         if len(curve) >= 2:
             out.append(sum(curve.values()) / len(curve) - min(curve.values()))
     return out

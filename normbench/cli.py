@@ -356,9 +356,9 @@ def main() -> None:
     argument, --jobs 0) get the same one-line format as ours, with click's exit code (2)."""
     import signal
 
-    from .sweep import Terminated, _raise_terminated
+    from .errors import Terminated, raise_terminated
 
-    signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM is handled as Ctrl-C, exit code 143
+    signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM is handled as Ctrl-C, exit code 143
     try:
         code = app(standalone_mode=False)
     except Terminated:

@@ -372,12 +372,7 @@ def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFra
     others = [k for k in by if k != LR]
     rows = []
     for key, g in _groups(runs, others):
-        cap = math.log(float(pd.to_numeric(g["vocab_size"], errors="coerce").max()))
-        curve = {}
-        for lr, gl in g.groupby(LR, sort=True):
-            capped = [cap if (d or v is None or not math.isfinite(float(v))) else min(float(v), cap)
-                      for d, v in zip(gl["diverged"].astype(bool), gl[loss_metric].map(_none_if_nan))]
-            curve[float(lr)] = sum(capped) / len(capped)
+        cap, curve = lr_curve(g, loss_metric)
         if len(curve) < 2:
             continue
         best_lr = min(curve, key=curve.get)
@@ -389,6 +384,17 @@ def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFra
     if not rows:
         return None
     return pd.DataFrame(rows).sort_values("lr_sensitivity", kind="stable").reset_index(drop=True)
+
+
+def lr_curve(runs: pd.DataFrame, loss_metric: str = "final_val_loss") -> tuple[float, dict[float, float]]:
+    """(cap ln V, {lr: mean over the runs of min(loss, cap)}), a diverged run counting as the cap."""
+    cap = math.log(float(pd.to_numeric(runs["vocab_size"], errors="coerce").max()))
+    curve = {}
+    for lr, gl in runs.groupby(LR, sort=True):
+        capped = [cap if (d or v is None or not math.isfinite(float(v))) else min(float(v), cap)
+                  for d, v in zip(gl["diverged"].astype(bool), gl[loss_metric].map(_none_if_nan))]
+        curve[float(lr)] = sum(capped) / len(capped)
+    return cap, curve
 
 
 def _none_if_nan(v):

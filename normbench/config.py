@@ -202,7 +202,7 @@ class RunConfig:
             if d[section][name] == default:
                 del d[section][name]
         if d["data"]["path"]:  # the text trained on, not where it lies: an edited file gets new ids
-            d["data"]["path"] = "sha256:" + textfile.digest(textfile.read(d["data"]["path"], d["data"]["max_chars"]))
+            d["data"]["path"] = "sha256:" + textfile.file_digest(d["data"]["path"], d["data"]["max_chars"])
         from .registry import plugin_of
 
         if (plugin := plugin_of(self.model.norm)) is not None:  # a plugin norm: its code is part of the run

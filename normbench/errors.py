@@ -1,5 +1,18 @@
-"""The one error type users see: it carries the file and the dotted key it is about."""
+"""The one error type users see: it carries the file and the dotted key it is about; and SIGTERM's
+interruption, which the CLI installs at start-up (kept here: this module is light to import)."""
 from __future__ import annotations
+
+import signal
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``timeout``, ``kill``), handled as Ctrl-C is: the runs are stopped, their
+    folders left incomplete, completed runs kept; exit code 143 instead of 130."""
+
+
+def raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the clean-up
+    raise Terminated()
 
 
 class NormbenchError(Exception):

@@ -215,6 +215,19 @@ def _wide(frame, run_ids: list[str], metric: str):
     return sub.pivot_table(index="step", columns="run_id", values=metric, aggfunc="first").sort_index()
 
 
+def _profile_mean(profiles: list[list], geometric: bool = False):
+    """(layer 1..L, the mean over runs of per-layer values; geometric for a log axis); None values and
+    shorter profiles are left out where they are missing."""
+    import numpy as np
+
+    depth = max(len(p) for p in profiles)
+    arr = np.full((len(profiles), depth), np.nan)
+    for i, p in enumerate(profiles):
+        arr[i, :len(p)] = [math.nan if v is None else v for v in p]
+    mean = np.exp(np.nanmean(np.log(arr), axis=0)) if geometric else np.nanmean(arr, axis=0)
+    return np.arange(1, depth + 1), mean
+
+
 # training keys that cannot change the gradient at step 0: groups differing only in them share a profile
 AFTER_INIT = {"train.steps", "train.lr", "train.warmup_steps", "train.schedule", "train.min_lr_ratio",
               "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip", "train.eval_every",
@@ -229,8 +242,6 @@ def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = No
     col = "grad_norm_init_by_layer"
     if col not in c.runs or c.runs[col].map(bool).sum() == 0:
         return None
-    import numpy as np
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     palette = palette or Palette(c)
@@ -243,12 +254,7 @@ def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = No
         profiles = [p for p in c.runs.loc[labels == label, col] if p]
         if not profiles:
             continue
-        depth = max(len(p) for p in profiles)
-        arr = np.full((len(profiles), depth), np.nan)
-        for i, p in enumerate(profiles):
-            arr[i, :len(p)] = [math.nan if v is None else v for v in p]
-        ax.plot(np.arange(1, depth + 1), np.nanmean(arr, axis=0), color=color, ls=ls, marker="o", ms=4,
-                label=f"{label} (n={len(profiles)})")
+        ax.plot(*_profile_mean(profiles), color=color, ls=ls, marker="o", ms=4, label=f"{label} (n={len(profiles)})")
     ax.set(xlabel="layer (1 = nearest the input)", ylabel="‖∇W_FFN‖ at step 0 (fc1 and fc2)", yscale="log",
            title="gradient norm per layer at initialisation")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -283,14 +289,12 @@ def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = No
 
 
 def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
-    """The residual stream's RMS after each block (log scale), seed mean, at the end of training (solid)
-    and at the first step (dotted), one colour per model configuration: the curse of depth (Sun et
+    """The residual stream's RMS after each block (log scale), seed geometric mean, at the end of training
+    (with markers) and at the first step (faint), one colour per model configuration: the curse of depth (Sun et
     al. 2025) is a profile that climbs with the layer. None when no run measured it."""
     col = "resid_rms_by_layer"
     if col not in c.runs or c.runs[col].map(bool).sum() == 0:
         return None
-    import numpy as np
-
     plt = _pyplot()
     palette = palette or Palette(c)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -304,11 +308,7 @@ def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -
             profiles = [p for p in runs[key] if p] if key in runs else []
             if not profiles:
                 continue
-            depth = max(len(p) for p in profiles)
-            arr = np.full((len(profiles), depth), np.nan)
-            for i, p in enumerate(profiles):
-                arr[i, :len(p)] = [math.nan if v is None else v for v in p]
-            ax.plot(np.arange(1, depth + 1), np.exp(np.nanmean(np.log(arr), axis=0)), color=color, ls=ls,
+            ax.plot(*_profile_mean(profiles, geometric=True), color=color, ls=ls,
                     marker=None if faint else "o", ms=3, lw=0.8 if faint else 1.6, alpha=0.45 if faint else 1.0,
                     label=None if faint else f"{label} (n={len(profiles)})")
     ax.set(xlabel="block (1 = nearest the input)", ylabel="RMS of the residual stream after the block",

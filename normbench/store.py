@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .config import LATER_KEYS
 from .errors import NormbenchError
 
 SUMMARY, CONFIG, METRICS, ERROR, INDEX, LOCK = "summary.json", "config.yaml", "metrics.jsonl", "error.txt", "index.csv", ".lock"
@@ -133,8 +134,6 @@ def read_run(run_dir: Path) -> dict | None:
         return None
     row = {"run_id": run_dir.name, "status": st, "recipe": recipe.get("name")}
     row.update(flatten(recipe.get("base") or {}))
-    from .config import LATER_KEYS
-
     for key, default in LATER_KEYS.items():  # a run made before the key existed had its default behaviour
         row.setdefault(key, default)
     if st in DONE:

@@ -12,20 +12,10 @@ from pathlib import Path
 from . import store
 from .config import LEAKY_NORMS
 from .display import make_reporter
-from .errors import NormbenchError
+from .errors import NormbenchError, Terminated, raise_terminated
 from .executors import make_executor, plan_parallelism
 from .recipe import Recipe, RunSpec, load_recipe
 from .registry import load_plugin, plugins_for
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, ``timeout``, ``kill``), handled as Ctrl-C is: the runs are stopped, their
-    folders left incomplete, completed runs kept; exit code 143 instead of 130."""
-
-
-def _raise_terminated(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the clean-up
-    raise Terminated()
 
 
 @contextlib.contextmanager
@@ -36,7 +26,7 @@ def sigterm_as_interrupt():
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
-    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    old = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:

@@ -32,6 +32,17 @@ def _read(path: str, size: int, mtime_ns: int, max_chars: int) -> str:  # size a
         raise NormbenchError(f"cannot read a UTF-8 text file: {e}", key="data.path") from None
 
 
+def file_digest(path: str, max_chars: int) -> str:
+    """``digest`` of the file's text as a run trains on it; computed once per version of the file."""
+    st = os.stat(path)
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns, max_chars)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int, max_chars: int) -> str:
+    return digest(_read(path, size, mtime_ns, max_chars))
+
+
 def digest(text: str) -> str:
     """The first 16 hex digits of the text's SHA-256 (summary.json's corpus.sha256)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
