@@ -3,7 +3,7 @@
 The Python API (``run_recipe``, ``load_results``, ``load_curves``, ``train``, ...) is imported lazily so
 that ``normbench --help`` never pays for importing torch.
 """
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = ["run_recipe", "load_results", "load_curves", "train", "load_recipe", "compare_results", "write_report",
            "register_norm", "load_plugin", "claims_ledger", "__version__"]
@@ -20,7 +20,7 @@ def __getattr__(name):
         from . import registry
         return getattr(registry, name)
     if name == "claims_ledger":
-        from .claims import claims_ledger
+        from .ledger import claims_ledger
         return claims_ledger
     if name == "load_curves":
         from .curves import load_curves

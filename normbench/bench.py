@@ -179,7 +179,7 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
     steps = math.ceil(steps / period) * period
     total = warmup + steps
     # no evaluation inside the timed window: the only one comes after the last step
-    cfg = replace(cfg, train=replace(cfg.train, steps=total, eval_every=total, eval_batches=1))
+    cfg = replace(cfg, train=replace(cfg.train, steps=total, eval_every=total, eval_tokens=1))
     task = make_task(cfg.data, device)
     fpt = flops_per_token(cfg, task.vocab_size)
     say = progress or (lambda msg: None)

@@ -229,7 +229,11 @@ def _write_report(write_report, c, results: Path, command: str, formats: list[st
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
 
-VERDICT_STYLE = {"held": "green", "not held": "red", "mixed": "yellow", "inconclusive": "dim"}
+def pd_isnan(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+VERDICT_STYLE = {"held": "green", "not held": "red", "inconclusive": "dim"}
 
 
 @app.command()
@@ -241,11 +245,18 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
            out: Path = typer.Option(Path("results"), "--out", help="Where a recipe file's runs are: OUT/<name>/."),
            format_: Optional[str] = typer.Option(None, "--format", help="table, markdown, csv or json. Default: from "
                                                  "--output's suffix, else table."),
-           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (atomically).")):
-    """Check every claim of the recipes against their finished runs: held, not held, mixed or
-    inconclusive, with the evidence (means, 95% intervals, n, Welch's t-test)."""
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (atomically)."),
+           settle: bool = typer.Option(False, "--settle", help="Add seeds to the arms of inconclusive claims by "
+                                       "Stein's two-stage procedure (PATHS must be recipe files), run them, then "
+                                       "judge again (docs/claims.md: Settling)."),
+           budget: int = typer.Option(100, "--budget", min=1, help="With --settle: at most this many new runs."),
+           jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="With --settle: runs at once "
+                                              "(default: as normbench run).")):
+    """Judge every claim of the recipes on their finished runs: held, not held or inconclusive, with the
+    test (paired t, Welch, rank, Fisher, Stein), the evidence by group name, p and its Holm-adjusted
+    p_adjusted over the claims printed (docs/claims.md)."""
     from . import store
-    from .claims import claims_ledger, to_markdown
+    from .ledger import claims_ledger, to_markdown
 
     fmt = format_ or (SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output else "table")
     if fmt not in FORMATS:
@@ -253,6 +264,14 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
     if output is not None and not output.parent.is_dir():
         fail(NormbenchError("its folder does not exist", file=str(output)))
     try:
+        if settle:
+            from .settle import settle_recipes
+
+            if not paths or any(not p.is_file() for p in paths):
+                raise NormbenchError("expected recipe files (the arms to add seeds to come from the recipe)",
+                                     key="--settle")
+            for line in settle_recipes(paths, out, budget, jobs):
+                err_console.print(line, markup=False, soft_wrap=True)
         df = claims_ledger(paths or [Path("results")], out)
     except NormbenchError as e:
         fail(e)
@@ -262,11 +281,12 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
     if fmt == "table":
         table = Table(title=f"claims: {len(df)} ({', '.join(f'{n} {v}' for v, n in df['verdict'].value_counts().items())})",
                       title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_lines=True)
-        for col in ("claim", "source", "recipe", "verdict", "evidence"):
-            table.add_column(col, overflow="fold", ratio=4 if col == "evidence" else 2 if col == "claim" else 1)
+        for col in ("claim", "source", "recipe", "test", "verdict", "evidence", "p_adjusted"):
+            table.add_column(col, overflow="fold", ratio=4 if col == "evidence" else 2 if col in ("claim", "test") else 1)
         for _, r in df.iterrows():
-            table.add_row(r["claim"], r["source"], r["recipe"], f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]",
-                          r["evidence"])
+            padj = "-" if pd_isnan(r["p_adjusted"]) else f"{r['p_adjusted']:.2g}"
+            table.add_row(r["claim"], r["source"], r["recipe"], r["test"],
+                          f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]", r["evidence"], padj)
         if output is None:
             out_console.print(table)
             return

@@ -44,6 +44,13 @@ METRICS = {
     "max_loss": ("max loss", True),
     "resid_rms_last": ("resid RMS, last block", True),
     "resid_rms_growth": ("resid RMS growth", True),
+    "initial_loss": ("loss at step 1", True),
+    "unigram_loss": ("unigram loss", True),
+    "stalled": ("stalled", True),
+    "max_abs_log_z": ("max |log Z|", True),
+    "final_log_z": ("final log Z", True),
+    "bn_mean_dev": ("BN mean fluctuation", True),
+    "bn_var_dev": ("BN var fluctuation", True),
 }
 DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
                    "tokens_per_s"]
@@ -59,7 +66,8 @@ LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "final_va
 # measured on every run, diverged ones included: what an instability study wants to see for them. The
 # losses (and measures taken after training) exist only for the runs that did not diverge.
 OVER_ALL_RUNS = ("loss_spikes", "max_grad_norm", "median_grad_norm", "max_attn_logit", "max_model_update",
-                 "unstable_steps", "max_loss")
+                 "unstable_steps", "max_loss", "initial_loss", "unigram_loss", "max_abs_log_z", "bn_mean_dev",
+                 "bn_var_dev")
 # speed, measured while the sweep's runs shared the machine (--jobs): shown, never ranked on
 SPEED_METRICS = ("tokens_per_s", "wall_s")
 SPEED_NOTE = ("tok/s is each run's own throughput while the sweep's runs shared this machine's cores (--jobs "
@@ -102,15 +110,15 @@ class Comparison:
 
     def _split(self) -> list[Comparison]:
         out = []
-        for name, runs in self.runs.groupby(self.runs["recipe"].map(_plain), sort=True):
+        for name, runs in self.runs.groupby(self.runs["recipe"].map(plain), sort=True):
             runs = runs.drop(columns=["group"])
-            crashed = self.crashed[self.crashed["recipe"].map(_plain) == name] if len(self.crashed) else self.crashed
+            crashed = self.crashed[self.crashed["recipe"].map(plain) == name] if len(self.crashed) else self.crashed
             sources = sorted({str(Path(p).parent) for p in runs["path"]})
             metrics = self.metrics if self.metrics_chosen else \
                 list(dict.fromkeys(default_metrics(runs) + [self.metric]))
             factors = varied_factors(runs)
             if self.unfiltered is not None:  # a filter that leaves one configuration still names it
-                every = self.unfiltered[self.unfiltered["recipe"].map(_plain) == name]
+                every = self.unfiltered[self.unfiltered["recipe"].map(plain) == name]
                 factors = [k for k in varied_factors(every) if k in runs] + \
                     [k for k in factors if k not in varied_factors(every)]
             c = _build(runs, crashed, factors, self.metric, metrics, [], sources)
@@ -142,20 +150,20 @@ def resolve_key(key: str, valid, flag: str) -> str:
     """A dotted key as given, or the one key whose last part it is (``norm`` -> ``model.norm``)."""
     if key in valid:
         return key
-    matches = [v for v in valid if v.split(".")[-1] == key]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise NormbenchError(f"{key!r} is ambiguous: it could be {' or '.join(sorted(matches))}", key=flag)
+    found = [v for v in valid if v.split(".")[-1] == key]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise NormbenchError(f"{key!r} is ambiguous: it could be {' or '.join(sorted(found))}", key=flag)
     raise NormbenchError(f"unknown key {key!r}{suggest(key, valid)}", key=flag)
 
 
 def group_label(row, by: list[str]) -> str:
     names = short_names(by)
-    return ", ".join(f"{names[k]}={_plain(row[k])}" for k in by) or "all runs"
+    return ", ".join(f"{names[k]}={plain(row[k])}" for k in by) or "all runs"
 
 
-def _plain(v) -> str:
+def plain(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
@@ -248,7 +256,8 @@ def parse_filters(filters: list[str] | None, columns) -> list[tuple[str, list[st
     return out
 
 
-def _matches(v, wanted: str) -> bool:
+def matches(v, wanted: str) -> bool:
+    """A run's value against a value as typed (numbers compare as numbers, the rest case-blind)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v).lower() == wanted.lower()
     try:
@@ -260,9 +269,9 @@ def _matches(v, wanted: str) -> bool:
 def apply_filters(runs: pd.DataFrame, filters: list[tuple[str, list[str]]]) -> pd.DataFrame:
     for key, wanted in filters:
         col = runs[key] if key in runs else pd.Series([None] * len(runs), index=runs.index)
-        keep = col.map(lambda v: any(_matches(v, w) for w in wanted))
+        keep = col.map(lambda v: any(matches(v, w) for w in wanted))
         if not keep.any():
-            have = sorted({_plain(v) for v in col})
+            have = sorted({plain(v) for v in col})
             raise NormbenchError(f"{key}={','.join(wanted)} matches none of the {len(runs)} runs "
                                  f"({key} has: {', '.join(have) or 'no values'})", key="--filter")
         runs = runs[keep]
@@ -274,12 +283,12 @@ def varied_factors(runs: pd.DataFrame) -> list[str]:
     runs come from several recipes: ``recipe`` first, then the keys that vary within a recipe;
     a key that differs only between recipes is implied by the recipe column and splits nothing."""
     several = "recipe" in runs and runs["recipe"].nunique(dropna=False) > 1
-    parts = [g for _, g in runs.groupby(runs["recipe"].map(_plain))] if several else [runs]
+    parts = [g for _, g in runs.groupby(runs["recipe"].map(plain))] if several else [runs]
     factors = ["recipe"] if several else []
     for key in config_keys():
         if key in NOT_FACTORS or key not in runs:
             continue
-        if any(part[key].map(_plain).nunique() > 1 for part in parts):
+        if any(part[key].map(plain).nunique() > 1 for part in parts):
             factors.append(key)
     return factors
 
@@ -362,10 +371,10 @@ def _hashable(v):
 
 
 def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame | None:
-    """Wortsman et al. 2023: per combination of the factors other than train.lr,
-    mean over learning rates of min(loss(lr), ln V) minus min over lr of that, where
-    loss(lr) is the mean over seeds and a diverged seed counts as ln V (the loss of a
-    uniform guess, the cap). Lower is more forgiving. None unless train.lr is a factor."""
+    """Wortsman et al. 2023: per combination of the factors other than train.lr, each seed's LR
+    sensitivity (``seed_sensitivities``) averaged over seeds: the one number compare, the claims, the
+    figures and the README give. ``curve`` is the seed mean of the capped loss at each rate, for the
+    figure. Lower is more forgiving. None unless train.lr is a factor."""
     if LR not in by:
         return None
     loss_metric = metric if metric in LOSS_METRICS else "final_val_loss"
@@ -373,12 +382,13 @@ def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFra
     rows = []
     for key, g in _groups(runs, others):
         cap, curve = lr_curve(g, loss_metric)
-        if len(curve) < 2:
+        per_seed = seed_sensitivities(g, loss_metric)
+        if len(curve) < 2 or not per_seed:
             continue
         best_lr = min(curve, key=curve.get)
         row = dict(zip(others, key))
         row.update({"lrs": len(curve), "best_lr": best_lr, "best_loss": curve[best_lr], "cap": cap,
-                    "lr_sensitivity": sum(curve.values()) / len(curve) - curve[best_lr],
+                    "lr_sensitivity": sum(per_seed.values()) / len(per_seed), "seeds": len(per_seed),
                     "curve": sorted(curve.items())})
         rows.append(row)
     if not rows:
@@ -386,15 +396,40 @@ def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFra
     return pd.DataFrame(rows).sort_values("lr_sensitivity", kind="stable").reset_index(drop=True)
 
 
+def capped_losses(runs: pd.DataFrame, loss_metric: str = "final_val_loss") -> list[tuple[float, float, float]]:
+    """(lr, capped loss, cap) per run: the loss capped at the run's loss at initialisation (its step-1
+    training loss, ``initial_loss``; ln V for runs made before 0.5.0 recorded it), as Wortsman et al.
+    cap it; a diverged run (or one without a loss) counts as its cap."""
+    ln_v = math.log(float(pd.to_numeric(runs["vocab_size"], errors="coerce").max()))
+    init = runs["initial_loss"] if "initial_loss" in runs else pd.Series([None] * len(runs), index=runs.index)
+    out = []
+    for lr, d, v, c in zip(runs[LR], runs["diverged"].astype(bool), runs[loss_metric].map(_none_if_nan),
+                           init.map(_none_if_nan)):
+        cap = float(c) if c is not None and math.isfinite(float(c)) else ln_v
+        loss = cap if (d or v is None or not math.isfinite(float(v))) else min(float(v), cap)
+        out.append((float(lr), loss, cap))
+    return out
+
+
 def lr_curve(runs: pd.DataFrame, loss_metric: str = "final_val_loss") -> tuple[float, dict[float, float]]:
-    """(cap ln V, {lr: mean over the runs of min(loss, cap)}), a diverged run counting as the cap."""
-    cap = math.log(float(pd.to_numeric(runs["vocab_size"], errors="coerce").max()))
-    curve = {}
-    for lr, gl in runs.groupby(LR, sort=True):
-        capped = [cap if (d or v is None or not math.isfinite(float(v))) else min(float(v), cap)
-                  for d, v in zip(gl["diverged"].astype(bool), gl[loss_metric].map(_none_if_nan))]
-        curve[float(lr)] = sum(capped) / len(capped)
-    return cap, curve
+    """(the mean cap, {lr: mean over the runs of the capped loss})."""
+    rows = capped_losses(runs, loss_metric)
+    by_lr: dict[float, list[float]] = {}
+    for lr, loss, _ in rows:
+        by_lr.setdefault(lr, []).append(loss)
+    cap = sum(c for *_, c in rows) / len(rows) if rows else math.nan
+    return cap, {lr: sum(v) / len(v) for lr, v in sorted(by_lr.items())}
+
+
+def seed_sensitivities(runs: pd.DataFrame, loss_metric: str = "final_val_loss") -> dict:
+    """{seed: the mean over that seed's learning rates of the capped loss minus its minimum}, for the
+    seeds with at least two rates."""
+    out = {}
+    for seed, g in runs.groupby("seed", sort=True):
+        _, curve = lr_curve(g, loss_metric)
+        if len(curve) >= 2:
+            out[seed] = sum(curve.values()) / len(curve) - min(curve.values())
+    return out
 
 
 def _none_if_nan(v):
@@ -454,7 +489,7 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
 def pooling_refusal(done: pd.DataFrame, by: list[str], pooled: list[str]) -> str:
     """Why runs are not averaged together, and how to split them."""
     names = short_names(by + pooled)
-    values = {k: sorted({_plain(v) for v in done[k]}) for k in pooled}
+    values = {k: sorted({plain(v) for v in done[k]}) for k in pooled}
     differ = "; ".join(f"{k} ({', '.join(values[k][:4])}{', ...' if len(values[k]) > 4 else ''})" for k in pooled)
     first = pooled[0]
     return (f"the runs differ in keys --by leaves out: {differ}; averaging them would mix different "

@@ -162,7 +162,9 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model (how a run executes, like device: not part of the "
                                "run id); see the README's performance section for when it pays")
     eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)
-    eval_batches: int = opt(8, "validation batches per evaluation (a fixed set, the same for every run)", min=1)
+    eval_tokens: int = opt(65536, "target tokens in the validation set: a fixed set of windows drawn once, the "
+                                  "same for every run with the same task and data.seq_len, whatever the batch "
+                                  "size (the last draw of 64 sequences may take it a little over)", min=1)
     measure_every: int = opt(10, "largest attention logit and model update measured every this many steps", min=1)
     spike_factor: float = opt(1.3, "a loss spike is a step whose loss exceeds spike_factor times the median "
                                    "of the previous spike_window steps", min=1.0, min_open=True)
@@ -214,6 +216,10 @@ class RunConfig:
 # keys added after run ids were first published (0.3.0), with their defaults: they enter the run id
 # only when set away from the default, so adding a key never orphans earlier results
 LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head"}
+
+# keys that were removed, with what replaced them (one clear line instead of "unknown key")
+REMOVED_KEYS = {"train.eval_batches": "removed in 0.5.0: the validation set is now fixed in tokens, whatever the "
+                                      "batch size; use train.eval_tokens (default 65536)"}
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 TOP_LEVEL = ("seed", "device")
@@ -309,6 +315,8 @@ def _section(cls, raw: Any, prefix: str, problems: Problems):
     values = {}
     for k, v in raw.items():
         with problems.check():
+            if k not in fields and f"{prefix}.{k}" in REMOVED_KEYS:
+                raise NormbenchError(REMOVED_KEYS[f"{prefix}.{k}"], key=f"{prefix}.{k}")
             if k not in fields:
                 raise NormbenchError(f"unknown key{suggest(f'{prefix}.{k}', [f'{prefix}.{f}' for f in fields])}",
                                      key=f"{prefix}.{k}")

@@ -40,8 +40,12 @@ def _result_text(status: str, run_dir) -> str:
 
 def _begin_text(recipe, plan, jobs, threads) -> str:
     done = len(recipe.runs) - len(plan.todo)
-    return (f"{recipe.name}: {len(recipe.runs)} runs ({done} already done, {len(plan.todo)} to run), "
+    text = (f"{recipe.name}: {len(recipe.runs)} runs ({done} already done, {len(plan.todo)} to run), "
             f"{jobs} at a time x {threads} thread{'s' if threads > 1 else ''} -> {plan.recipe_dir}")
+    if recipe.claims and recipe.claims_ids is not None:
+        text += ("\n--set changed the run ids: the recipe's claims stay judged on its runs as written "
+                 "(claims.yaml left alone); `normbench claims` does not count these runs")
+    return text
 
 
 def _end_text(outcome) -> str:

@@ -250,6 +250,21 @@ class Transformer(nn.Module):
         self.measure_resid = on
         for b in self.blocks:
             b.attn.measure = on
+        for m in self.batch_stat_norms():
+            m.measure_stats = on
+            if on:
+                m.stat_dev = None
+
+    def batch_stat_norms(self) -> list[nn.Module]:
+        from .norms import BatchStats
+
+        return [m for m in self.modules() if isinstance(m, BatchStats)]
+
+    def bn_stat_dev(self) -> torch.Tensor | None:
+        """(2,) Shen et al. 2020's batch-vs-running distance of mean and variance, averaged over the
+        norms that keep running statistics, from the last measured training forward; None without them."""
+        devs = [m.stat_dev for m in self.batch_stat_norms() if m.stat_dev is not None]
+        return torch.stack(devs).mean(0) if devs else None
 
     def resid_rms_by_layer(self) -> torch.Tensor:
         """(layers,) the residual stream's RMS after each block, from the last measured forward."""

@@ -91,7 +91,27 @@ class Derf(nn.Module):
         return self.weight * torch.erf(self.alpha * x + self.shift) + self.bias
 
 
-class BatchNorm(nn.BatchNorm1d):
+class BatchStats:
+    """Shen et al. 2020's measurement for the norms that keep running statistics: how far a training
+    batch's statistics lie from the running ones the model is evaluated with. When ``measure_stats``
+    is set (on measure steps), the next training forward stores ``stat_dev`` = (||mu_B - mu||_2 / d,
+    ||var_B - var||_2 / d), before the running statistics take the batch in (NaN for a statistic the
+    norm does not keep: PowerNorm has no mean)."""
+
+    measure_stats = False
+    stat_dev: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def record_stats(self, mean_b, var_b, mean_run, var_run) -> None:
+        if not (self.measure_stats and self.training):
+            return
+        d = var_b.numel()
+        dist = (lambda b, r: torch.linalg.vector_norm(b.float() - r.float()) / d)
+        mean_dev = dist(mean_b, mean_run) if mean_b is not None else torch.tensor(math.nan, device=var_b.device)
+        self.stat_dev = torch.stack([mean_dev, dist(var_b, var_run)])
+
+
+class BatchNorm(BatchStats, nn.BatchNorm1d):
     """Per-channel statistics over all B*T positions, running statistics for eval."""
 
     def __init__(self, d: int, eps: float, **_):
@@ -99,10 +119,13 @@ class BatchNorm(nn.BatchNorm1d):
 
     def forward(self, x, mask=None):
         shape = x.shape
-        return super().forward(x.reshape(-1, shape[-1])).reshape(shape)  # (B*T, d) -> (B, T, d)
+        flat = x.reshape(-1, shape[-1])  # (B*T, d)
+        if self.measure_stats and self.training:
+            self.record_stats(flat.mean(0), flat.var(0, unbiased=False), self.running_mean, self.running_var)
+        return super().forward(flat).reshape(shape)  # (B*T, d) -> (B, T, d)
 
 
-class MaskedBatchNorm(nn.BatchNorm1d):
+class MaskedBatchNorm(BatchStats, nn.BatchNorm1d):
     """BatchNorm whose batch statistics (and running statistics) come from real tokens only.
 
     Normalises every position, padding included, with those statistics, so real
@@ -115,11 +138,15 @@ class MaskedBatchNorm(nn.BatchNorm1d):
     def forward(self, x, mask=None):
         if mask is None or not self.training:
             shape = x.shape
-            return super().forward(x.reshape(-1, shape[-1])).reshape(shape)
+            flat = x.reshape(-1, shape[-1])
+            if self.measure_stats and self.training:
+                self.record_stats(flat.mean(0), flat.var(0, unbiased=False), self.running_mean, self.running_var)
+            return super().forward(flat).reshape(shape)
         m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         n = m.sum()
         mean = (x * m).sum(dim=(0, 1)) / n  # (d,)
         var = (((x - mean) ** 2) * m).sum(dim=(0, 1)) / n  # biased, as BatchNorm normalises with
+        self.record_stats(mean, var, self.running_mean, self.running_var)
         with torch.no_grad():  # running stats take the unbiased variance, as nn.BatchNorm1d does
             self.num_batches_tracked += 1
             unbiased = var * n / (n - 1).clamp_min(1)
@@ -128,7 +155,7 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
-class CausalBatchNorm(nn.BatchNorm1d):
+class CausalBatchNorm(BatchStats, nn.BatchNorm1d):
     """BatchNorm that normalises with the running statistics *before* this batch updates them.
 
     No statistic of the current batch reaches the output, so a token's output never depends
@@ -146,6 +173,7 @@ class CausalBatchNorm(nn.BatchNorm1d):
             with torch.no_grad():
                 real = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]  # (n, d)
                 if real.shape[0] > 1:
+                    self.record_stats(real.mean(0), real.var(0, unbiased=False), self.running_mean, self.running_var)
                     self.num_batches_tracked += 1
                     self.running_mean.lerp_(real.mean(0).to(self.running_mean.dtype), self.momentum)
                     self.running_var.lerp_(real.var(0).to(self.running_var.dtype), self.momentum)
@@ -175,7 +203,7 @@ class _PowerFunction(torch.autograd.Function):
         return g_hat * torch.rsqrt(var + ctx.eps), (grad * z).sum(0), grad.sum(0), None, None, None, None, None
 
 
-class PowerNorm(nn.Module):
+class PowerNorm(BatchStats, nn.Module):
     """PowerNorm as its official code does it (MaskPowerNorm): each token first divided by the RMS of
     each of its channel groups (one group per head: GroupScaling1D), then per channel x / sqrt(psi2)
     without centring. psi2 is the quadratic mean over the batch's real tokens while the step count is
@@ -210,6 +238,7 @@ class PowerNorm(nn.Module):
         flat = x.reshape(-1, shape[-1])
         real = flat if mask is None else x[mask]
         var = real.detach().pow(2).mean(0)  # the batch's quadratic mean over real tokens, per channel
+        self.record_stats(None, var, None, self.running_phi)  # its statistic: the quadratic mean, no mean
         phi = var if step <= self.warmup else self.running_phi.to(x.dtype)
         y = _PowerFunction.apply(flat, self.weight, self.bias, phi, var, self.ema_gz, self.alpha_bkw, self.eps)
         with torch.no_grad():

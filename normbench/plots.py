@@ -12,7 +12,7 @@ import os
 import textwrap
 from pathlib import Path
 
-from .compare import LR, Comparison, _plain, group_label, short_names
+from .compare import LR, Comparison, plain, group_label, short_names
 
 DPI = 120
 
@@ -50,7 +50,7 @@ class Palette:
 
     @staticmethod
     def _key(row, keys) -> tuple:
-        return tuple(_plain(row[k]) if k in row else "-" for k in keys)
+        return tuple(plain(row[k]) if k in row else "-" for k in keys)
 
     def style(self, row, with_lr: bool = True) -> tuple:
         """(color, linestyle) for a group row (a Series or dict with the factor values)."""
@@ -231,7 +231,7 @@ def _profile_mean(profiles: list[list], geometric: bool = False):
 # training keys that cannot change the gradient at step 0: groups differing only in them share a profile
 AFTER_INIT = {"train.steps", "train.lr", "train.warmup_steps", "train.schedule", "train.min_lr_ratio",
               "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip", "train.eval_every",
-              "train.eval_batches", "train.measure_every", "train.spike_factor", "train.spike_window",
+              "train.eval_tokens", "train.measure_every", "train.spike_factor", "train.spike_window",
               "train.divergence_margin"}
 
 
@@ -275,7 +275,7 @@ def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = No
     for _, r in c.sensitivity.iterrows():
         color, ls = palette.style(r, with_lr=False)
         lrs, losses = zip(*r["curve"])
-        label = ", ".join(f"{names[k]}={_plain(r[k])}" for k in others) or "all runs"
+        label = ", ".join(f"{names[k]}={plain(r[k])}" for k in others) or "all runs"
         ax.plot(lrs, losses, color=color, ls=ls, marker="o", ms=4,
                 label=f"{label} (sens. {r['lr_sensitivity']:.3g})")
     cap = float(c.sensitivity["cap"].max())

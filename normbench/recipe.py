@@ -48,6 +48,9 @@ class Recipe:
     varied: list[str] = field(default_factory=list)
     path: str | None = None
     claims: list = field(default_factory=list)  # claims.Claim, checked by `normbench claims` and the report
+    # the run ids of the recipe as written, when --set changed them (a shortened look): the claims stay
+    # judged on those, and `run` leaves claims.yaml alone; None when the recipe runs as written
+    claims_ids: list[str] | None = None
 
 
 class _Loader(yaml.SafeLoader):
@@ -176,6 +179,14 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
                 err.with_file(file)
         raise e from None
     recipe.path = file
+    if sets and recipe.claims:
+        try:
+            written = [r.run_id for r in _build(copy.deepcopy(raw), {}, base_dir,
+                                                default_name=Path(file).stem if file else "recipe").runs]
+        except NormbenchError:  # the recipe is valid only with its --set: nothing as written to judge
+            written = []
+        if set(written) != {r.run_id for r in recipe.runs}:
+            recipe.claims_ids = written
     return recipe
 
 

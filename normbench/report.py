@@ -19,7 +19,7 @@ import datetime as dt
 from pathlib import Path
 
 from . import __version__, plots, store
-from .compare import Comparison, _plain, _sens_metric, against_best_words, display_rows, fmt_value, legend, \
+from .compare import Comparison, plain, _sens_metric, against_best_words, display_rows, fmt_value, legend, \
     markdown_table, sensitivity_rows, short_names
 
 FIGURES = "figures"
@@ -107,7 +107,8 @@ def _write_one(c: Comparison, out_dir: Path, command: str, formats=()) -> Path:
 
 def claims_section(c: Comparison) -> list[str]:
     """## Claims: the recipe's claims (its results folder's claims.yaml) with verdicts and evidence."""
-    from .claims import CLAIMS_FILE, claims_ledger, to_markdown
+    from .claims import CLAIMS_FILE
+    from .ledger import claims_ledger, to_markdown
 
     if len(c.sources) != 1 or not (Path(c.sources[0]) / CLAIMS_FILE).exists():
         return []
@@ -116,9 +117,23 @@ def claims_section(c: Comparison) -> list[str]:
         return []
     counts = ", ".join(f"{n} {v}" for v, n in df["verdict"].value_counts().items())
     return ["## Claims", "",
-            f"The recipe's claims checked against these runs ({counts}); the rule is in README: Claims. "
-            "Evidence: each side's mean ± the half-width of its 95% interval (n seeds), the difference Δ with its "
-            "95% interval and Welch's t-test p, per setting of the other factors.", "", to_markdown(df), ""]
+            f"The recipe's claims judged on {judged_config(Path(c.sources[0]))} ({counts}); the rule is in "
+            "docs/claims.md. Evidence: each arm's mean ± the half-width of its 95% interval (n seeds; geometric "
+            "on the log scale), the contrast with its 95% interval and the test, per setting of the other "
+            "factors; p_adjusted is Holm's over this recipe's claims.", "", to_markdown(df), ""]
+
+
+def judged_config(folder: Path) -> str:
+    """Which runs the claims were judged on: the recipe as written (claims.yaml), named by its base."""
+    import yaml
+
+    from .claims import CLAIMS_FILE
+
+    doc = yaml.safe_load((folder / CLAIMS_FILE).read_text()) or {}
+    base = doc.get("base") or {}
+    shown = ", ".join(f"{k}={base[k]}" for k in ("train.steps", "train.batch_size", "data.seq_len") if k in base)
+    n = len(doc.get("runs") or [])
+    return f"the {n} runs of recipe {doc.get('recipe', folder.name)} as written" + (f" ({shown})" if shown else "")
 
 
 def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> str:
@@ -172,7 +187,7 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
         lines += ["None.", ""]
     else:
         names = short_names(c.by)
-        rows = [[r["run_id"], *(_plain(r[k]) for k in c.by), str(r.get("seed", "")),
+        rows = [[r["run_id"], *(plain(r[k]) for k in c.by), str(r.get("seed", "")),
                  fmt_value(r.get("diverged_step")), str(r.get("divergence_reason") or "")]
                 for _, r in div.sort_values("diverged_step").iterrows()]
         lines += [markdown_table(["run", *(names[k] for k in c.by), "seed", "step", "reason"], rows)]

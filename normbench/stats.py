@@ -103,3 +103,203 @@ def seeds_needed(a, b, effect: float, one_sided: bool = False, limit: int = 1000
         if (stats.t.ppf(q, df) + stats.t.ppf(POWER, df)) * math.sqrt(var * 2 / n) <= abs(effect):
             return max(n, have)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the claims' tests: one contrast d between two arms, with one-sided p-values against any shift
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """An estimate d of (arm a - arm b) on the test's scale and the test behind it.
+
+    ``method``: "paired t" (per-seed differences), "Welch t", "Stein two-stage" (a paired t whose
+    spread and degrees of freedom come from the first stage), "Wilcoxon signed-rank" or
+    "Mann-Whitney U" (a failed run counts as the worst), or "Fisher exact" (rates). t-based
+    contrasts carry se and df; rank and Fisher contrasts carry their data and answer p-values only."""
+    method: str
+    d: float
+    n: tuple  # (pairs,) for paired tests, (n_a, n_b) otherwise
+    se: float = math.nan
+    df: float = math.nan
+    data: tuple = ()  # rank tests: (differences,) or (a, b); Fisher: ((yes_a, no_a), (yes_b, no_b))
+
+    @property
+    def testable(self) -> bool:
+        if self.method == "Fisher exact":
+            return min(self.n) >= 1
+        return min(self.n) >= 2 and (self.method.endswith("U") or self.method.startswith("Wilcoxon")
+                                     or math.isfinite(self.df))
+
+    def p_above(self, c: float = 0.0) -> float:
+        """One-sided p-value for d > c."""
+        return self._p(c, "greater")
+
+    def p_below(self, c: float = 0.0) -> float:
+        """One-sided p-value for d < c."""
+        return self._p(c, "less")
+
+    def _p(self, c: float, alternative: str) -> float:
+        from scipy import stats
+
+        if not self.testable:
+            return math.nan
+        if self.method == "Fisher exact":
+            return float(stats.fisher_exact(self.data, alternative=alternative).pvalue)
+        if self.method == "Wilcoxon signed-rank":
+            diffs = [x - c for x in self.data[0]]
+            if all(x == 0 for x in diffs):
+                return 1.0
+            return float(stats.wilcoxon(_finite_rank(diffs), alternative=alternative, zero_method="zsplit").pvalue)
+        if self.method == "Mann-Whitney U":
+            a, b = self.data
+            a, b = _finite_rank([x - c for x in a], b)
+            return float(stats.mannwhitneyu(a, b, alternative=alternative).pvalue)
+        if self.se == 0:  # no spread at all: the difference is exact
+            above = self.d > c
+            return 0.0 if (above if alternative == "greater" else self.d < c) else 1.0
+        t = (self.d - c) / self.se
+        return float(stats.t.sf(t, self.df) if alternative == "greater" else stats.t.cdf(t, self.df))
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """The two-sided interval of d (t-based contrasts only; NaN otherwise)."""
+        from scipy import stats
+
+        if not math.isfinite(self.df) or not math.isfinite(self.se):
+            return math.nan, math.nan
+        half = stats.t.ppf(0.5 + confidence / 2, self.df) * self.se
+        return self.d - half, self.d + half
+
+
+def _finite_rank(a, b=None):
+    """Replace +-inf (a failed run, the worst) by a finite value beyond every finite one, which keeps
+    every rank: scipy's rank tests need finite numbers."""
+    vals = [x for x in list(a) + list(b or []) if math.isfinite(x)]
+    big = (max(abs(x) for x in vals) if vals else 1.0) * 10 + 1
+    fix = (lambda xs: [x if math.isfinite(x) else math.copysign(big, x) for x in xs])
+    return fix(a) if b is None else (fix(a), fix(b))
+
+
+def _clean(values) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
+def paired(diffs) -> Contrast:
+    """Per-seed differences: a paired t-test, or Wilcoxon's signed-rank test when one is infinite
+    (a run that failed on one side only)."""
+    diffs = _clean(diffs)
+    n = len(diffs)
+    if any(math.isinf(x) for x in diffs):
+        finite = [x for x in diffs if math.isfinite(x)]
+        med = statistics.median(_finite_rank(diffs)) if diffs else math.nan
+        return Contrast("Wilcoxon signed-rank", med if finite or not diffs else math.copysign(math.inf, med), (n,),
+                        data=(tuple(diffs),))
+    if n == 0:
+        return Contrast("paired t", math.nan, (0,))
+    d = sum(diffs) / n
+    if n < 2:
+        return Contrast("paired t", d, (n,))
+    return Contrast("paired t", d, (n,), se=statistics.stdev(diffs) / math.sqrt(n), df=n - 1)
+
+
+def unpaired(a, b) -> Contrast:
+    """Welch's t-test of mean(a) - mean(b), or the Mann-Whitney U test when a value is infinite."""
+    a, b = _clean(a), _clean(b)
+    if any(math.isinf(x) for x in a + b):
+        fa, fb = _finite_rank(a, b) if a and b else (a, b)
+        d = statistics.median(fa) - statistics.median(fb) if a and b else math.nan
+        return Contrast("Mann-Whitney U", d, (len(a), len(b)), data=(tuple(a), tuple(b)))
+    if not a or not b:
+        return Contrast("Welch t", math.nan, (len(a), len(b)))
+    d = sum(a) / len(a) - sum(b) / len(b)
+    if len(a) < 2 or len(b) < 2:
+        return Contrast("Welch t", d, (len(a), len(b)))
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se > 0 else math.inf
+    return Contrast("Welch t", d, (len(a), len(b)), se=se, df=df)
+
+
+def stratified(parts: list[tuple[list, list]]) -> Contrast:
+    """Unpaired arms across several settings, one test blocked by setting: the mean over settings of
+    each setting's mean difference, its se from the settings' variances, Welch-Satterthwaite df."""
+    ds, vs, dfs = [], [], []
+    for a, b in parts:
+        a, b = _clean(a), _clean(b)
+        if len(a) < 2 or len(b) < 2:
+            return Contrast("Welch t (blocked by setting)", math.nan, (len(a), len(b)))
+        ds.append(sum(a) / len(a) - sum(b) / len(b))
+        va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+        vs.append((va, len(a) - 1))
+        vs.append((vb, len(b) - 1))
+    k = len(ds)
+    var = sum(v for v, _ in vs) / k ** 2
+    df = sum(v for v, _ in vs) ** 2 / sum(v ** 2 / f for v, f in vs) if var > 0 else math.inf
+    n = (sum(len(_clean(a)) for a, _ in parts), sum(len(_clean(b)) for _, b in parts))
+    return Contrast("Welch t (blocked by setting)", sum(ds) / k, n, se=math.sqrt(var), df=df)
+
+
+def rates(a, b) -> Contrast:
+    """Two rates of 0/1 outcomes: the difference of proportions, Fisher's exact test."""
+    a, b = _clean(a), _clean(b)
+    table = ((int(sum(a)), len(a) - int(sum(a))), (int(sum(b)), len(b) - int(sum(b))))
+    d = (sum(a) / len(a) if a else math.nan) - (sum(b) / len(b) if b else math.nan)
+    return Contrast("Fisher exact", d, (len(a), len(b)), data=table)
+
+
+def stein(diffs, first: int) -> Contrast:
+    """Stein's two-stage test on per-seed differences: the spread and the degrees of freedom come from
+    the first ``first`` differences (the first stage, whose spread sized the second), the mean from
+    all of them. With the total size fixed by the first stage's spread, the test has exact level."""
+    diffs = _clean(diffs)
+    head = diffs[:first]
+    if len(head) < 2 or len(diffs) < first:
+        return Contrast("Stein two-stage", math.nan, (len(diffs),))
+    s0 = statistics.stdev(head)
+    return Contrast("Stein two-stage", sum(diffs) / len(diffs), (len(diffs),), se=s0 / math.sqrt(len(diffs)),
+                    df=first - 1)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error); NaN stays NaN and is not counted."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+SPREAD_CONFIDENCE = 0.8  # the seeds-needed spread: the 80% upper confidence bound of sigma
+
+
+def sigma_upper(values_sd: float, n: int, confidence: float = SPREAD_CONFIDENCE) -> float:
+    """An upper confidence bound of sigma from a sample sd with n - 1 degrees of freedom (chi-square)."""
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(values_sd):
+        return math.nan
+    return values_sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
+
+
+def seeds_for(sigma: float, gap: float, k: float = 1.0, two_sided_power: bool = False, limit: int = 1000,
+              df_from: int | None = None) -> int | None:
+    """The smallest n with (t_{1-alpha} + t_{power}) * sigma * sqrt(k / n) <= gap: seeds per arm for a
+    one-sided 5% test to show ``gap`` with 80% power (k = 1 for per-seed differences, 2 for two
+    independent arms). ``two_sided_power``: both one-sided tests of an equivalence must pass
+    (t_{1 - (1 - power)/2}). ``df_from``: t quantiles at this fixed df (Stein's procedure) instead of n - 1.
+    None when gap <= 0, sigma is unknown, or more than ``limit`` would be needed."""
+    from scipy import stats
+
+    if not (gap > 0) or not math.isfinite(sigma):
+        return None
+    if sigma == 0:
+        return 2
+    q_power = 1 - (1 - POWER) / 2 if two_sided_power else POWER
+    for n in range(2, limit + 1):
+        df = df_from if df_from else (n - 1 if k == 1 else 2 * n - 2)
+        if (stats.t.ppf(1 - ALPHA, df) + stats.t.ppf(q_power, df)) * sigma * math.sqrt(k / n) <= gap:
+            return n
+    return None

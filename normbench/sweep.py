@@ -138,13 +138,8 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
         engine = make_executor(executor, jobs, threads, plugins=plugins, **options)
         if plan.todo:
             engine.open()  # before any folder is touched: an unreachable cluster leaves nothing half-written
-        if recipe.claims:  # `normbench claims RESULTS` and the report read them from the results folder
-            import yaml
-
-            from .claims import CLAIMS_FILE
-
-            doc = {"recipe": recipe.name, "runs": [r.run_id for r in recipe.runs], "claims": [c.raw for c in recipe.claims]}
-            store.write_atomic(plan.recipe_dir / CLAIMS_FILE, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        if recipe.claims and recipe.claims_ids is None:  # as written: `normbench claims RESULTS` reads them here
+            write_claims(recipe, plan.recipe_dir)
         for r in plan.todo:
             results[r.run_id] = "pending"
         tasks = []
@@ -188,6 +183,21 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
             outcome.elapsed_s = time.perf_counter() - t0
             reporter.end(outcome)
     return outcome
+
+
+def write_claims(recipe: Recipe, recipe_dir: Path) -> None:
+    """claims.yaml: the claims and the runs of the recipe as written that judge them, with the base
+    values the report names (a run with --set that changes run ids never writes it)."""
+    import yaml
+
+    from .claims import CLAIMS_FILE
+    from .config import get_dotted
+
+    first = recipe.runs[0].cfg.to_dict()
+    base = {k: get_dotted(first, k) for k in ("train.steps", "train.batch_size", "data.seq_len")}
+    doc = {"recipe": recipe.name, "base": base, "runs": [r.run_id for r in recipe.runs],
+           "claims": [c.raw for c in recipe.claims]}
+    store.write_atomic(recipe_dir / CLAIMS_FILE, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
 def executor_options(executor: str, address: str | None, cpus_per_run: float, gpus_per_run: float,

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from .compare import (LOSS_METRICS, LR, METRICS, OVER_ALL_RUNS, SPEED_METRICS, Comparison, _count, _hashable,
-                      _plain, short_names)
+                      plain, short_names)
 
 
 
@@ -77,7 +77,7 @@ def display_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
         header.append("LR sens.")
     rows = []
     for i, (_, r) in enumerate(c.table.iterrows()):
-        cells = [_plain(r[k]) for k in c.by] + [str(int(r["n"])), f"{int(r['n_diverged'])}/{int(r['n'])}",
+        cells = [plain(r[k]) for k in c.by] + [str(int(r["n"])), f"{int(r['n_diverged'])}/{int(r['n'])}",
                                                 vs_best(r, i == c.best)]
         cells += [cell(r, m) for m in c.metrics]
         if "lr_sensitivity" in c.table:
@@ -99,7 +99,7 @@ def sensitivity_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     others = [k for k in c.by if k != LR]
     names = short_names(others)
     header = [names[k] for k in others] + ["learning rates", "best lr", "best loss", "LR sensitivity"]
-    rows = [[_plain(r[k]) for k in others] + [str(r["lrs"]), f"{r['best_lr']:g}", fmt_value(r["best_loss"]),
+    rows = [[plain(r[k]) for k in others] + [str(r["lrs"]), f"{r['best_lr']:g}", fmt_value(r["best_loss"]),
                                               fmt_value(r["lr_sensitivity"], 3)]
             for _, r in c.sensitivity.iterrows()]
     return header, rows

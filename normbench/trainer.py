@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import RunConfig, TrainConfig
-from .data import EVAL_SEED, IGNORE, make_task
+from .data import IGNORE, make_task
+from .evalset import mean_loss, unigram_loss, validation_set
 from .errors import NormbenchError
 from .model import Transformer
 
@@ -171,20 +173,13 @@ def log_value(v):
     return float(f"{v:.6g}") if isinstance(v, float) else v
 
 
-def _mean_loss(model, batches, autocast) -> float:
-    total = 0.0
-    for x, y, mask in batches:
-        with autocast():
-            total += lm_loss(model(x, mask), y)[0].item()
-    return total / len(batches)
-
-
 @torch.no_grad()
 def evaluate(model, batches, autocast) -> float:
-    """Mean loss over ``batches`` in eval mode (BatchNorm normalises with its running statistics)."""
+    """Token-weighted mean loss over ``batches`` in eval mode (BatchNorm normalises with its running
+    statistics)."""
     model.eval()
     try:
-        return _mean_loss(model, batches, autocast)
+        return mean_loss(model, batches, autocast)
     finally:
         model.train()
 
@@ -207,7 +202,7 @@ def evaluate_batch_stats(model, batches, autocast) -> float | None:
     for bn in bns:
         bn.train()
     try:
-        return _mean_loss(model, batches, autocast)
+        return mean_loss(model, batches, autocast)
     finally:
         for bn, state in zip(bns, saved):
             for k, b in bn.named_buffers():
@@ -292,6 +287,72 @@ def global_grad_norm(params, clip: float) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+STALL_MARGIN = 0.05  # nats: a run that ends within this of the unigram loss learned only token frequencies
+
+
+@dataclass
+class StepRecord:
+    """One trained step's values, still on the device until ``flush`` reads them back."""
+    step: int
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor | None = None
+    attn_logit: torch.Tensor | None = None  # on measure steps
+    model_update: torch.Tensor | None = None
+    resid_rms: torch.Tensor | None = None  # (layers,)
+    log_z: torch.Tensor | None = None  # mean log-partition of the output logits over real targets
+    bn_dev: torch.Tensor | None = None  # (2,) batch-vs-running mean and variance distance
+
+
+@dataclass
+class Trace:
+    """The host-side measurements a run accumulates; ``summary`` turns them into summary keys."""
+    losses: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)
+    val_batch_stats: list = field(default_factory=list)
+    attn_max: list = field(default_factory=list)
+    updates: list = field(default_factory=list)
+    resid: list = field(default_factory=list)
+    log_z: list = field(default_factory=list)
+    bn_dev: list = field(default_factory=list)  # (step, mean dev, var dev)
+    init_profile: list = field(default_factory=list)
+
+    def record(self, r: StepRecord) -> dict:
+        """Read one step back to the host; its metrics.jsonl row."""
+        row = {"step": r.step, "loss": float(r.loss), "lr": r.lr}
+        if r.grad_norm is not None:
+            row["grad_norm"] = float(r.grad_norm)
+        if r.attn_logit is not None:
+            row["attn_logit_max"] = float(r.attn_logit)
+            self.attn_max.append(row["attn_logit_max"])
+        if r.model_update is not None:
+            row["model_update"] = float(r.model_update)
+            self.updates.append(row["model_update"])
+        if r.resid_rms is not None:  # the residual stream's RMS after each block (the curse of depth)
+            row["resid_rms"] = [log_value(v) for v in r.resid_rms.tolist()]
+            self.resid.append(row["resid_rms"])
+        if r.log_z is not None:  # Wortsman et al.'s output-logit drift, what z-loss targets
+            row["log_z"] = float(r.log_z)
+            self.log_z.append(row["log_z"])
+        if r.bn_dev is not None:  # Shen et al.'s fluctuation of batch statistics
+            mean_dev, var_dev = (float(v) for v in r.bn_dev.tolist())
+            row["bn_mean_dev"], row["bn_var_dev"] = mean_dev, var_dev
+            self.bn_dev.append((r.step, mean_dev, var_dev))
+        self.losses.append(row["loss"])
+        return row
+
+
+def probe_step(model, ux, umask, f0, logits, y) -> dict:
+    """The measurements of a measure step, as device tensors (read back with the step)."""
+    out = {"attn_logit": model.attention_logit_max(), "resid_rms": model.resid_rms_by_layer(),
+           "bn_dev": model.bn_stat_dev()}
+    with torch.no_grad():
+        out["log_z"] = torch.logsumexp(logits.detach().float(), dim=-1)[y != IGNORE].mean()
+    model.measure_attention(False)  # the update's forward must not record logits
+    out["model_update"] = model_update(model, ux, umask, f0)
+    return out
+
+
 def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = None,
           on_progress: Callable[[int, float, float], None] | None = None, measure: bool = True) -> dict:
     """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
@@ -314,18 +375,17 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     autocast = autocast_for(device, t.precision)
     fwd = torch.compile(model) if t.compile else model  # same parameters; evaluation stays eager
     gen = task.generator(cfg.seed)
-    eval_gen = torch.Generator().manual_seed(EVAL_SEED)  # on the host: the same windows on every device
-    eval_batches = [task.batch("val", t.batch_size, eval_gen) for _ in range(t.eval_batches)]
-    # model-update probe: the first validation batch's first 8 sequences, and F(x, θ_0) on them
-    ux, _, umask = (v[:UPDATE_PROBE_SEQS] if v is not None else None for v in eval_batches[0])
+    evalset = validation_set(task, t.eval_tokens)
+    eval_chunks = evalset.chunks
+    bn_batches = evalset.batches(t.batch_size) if measure and batch_norms(model) else []
+    # model-update probe: the first 8 validation sequences, and F(x, θ_0) on them
+    ux, _, umask = evalset.first(UPDATE_PROBE_SEQS)
     f0 = model_output(model, ux, umask) if measure else None
-    updates: list[float] = []
     sync_every = SYNC_EVERY.get(device.type, 1)
     stab = Stability(t, task.vocab_size)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
-    losses, val_losses, attn_max, val_batch_stats, resid = [], [], [], [], []
-    init_profile: list[float] = []
-    pending: list[tuple] = []
+    trace = Trace()
+    pending: list[StepRecord] = []
     tokens, step = 0, 0
     tokens_per_step = t.batch_size * cfg.data.seq_len
 
@@ -333,23 +393,10 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         """Read pending steps back to the host; True if the run diverged."""
         nonlocal pending
         rows, pending = pending, []
-        for s, lr, loss, gnorm, logit, update, rms in rows:
-            loss = float(loss)
-            row = {"step": s, "loss": loss, "lr": lr}
-            if gnorm is not None:
-                gnorm = row["grad_norm"] = float(gnorm)
-            if logit is not None:
-                row["attn_logit_max"] = float(logit)
-                attn_max.append(row["attn_logit_max"])
-            if update is not None:
-                row["model_update"] = float(update)
-                updates.append(row["model_update"])
-            if rms is not None:  # the residual stream's RMS after each block (the curse of depth)
-                row["resid_rms"] = [log_value(v) for v in rms.tolist()]
-                resid.append(row["resid_rms"])
+        for r in rows:
+            row = trace.record(r)
             log.write(row)
-            losses.append(loss)
-            if stab.update(s, loss, gnorm):
+            if stab.update(r.step, row["loss"], row.get("grad_norm")):
                 return True  # steps after it (pending on GPU) were trained but are not logged
         return False
 
@@ -369,31 +416,30 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
             opt.zero_grad(set_to_none=True)
             objective.backward()
             if step == 1 and measure:  # Xiong et al. 2020: per-layer FFN gradient norm at initialisation
-                init_profile = [torch.linalg.vector_norm(torch.stack([w.grad.norm() for w in ws])).item()
-                                for ws in model.ffn_weights()]
+                trace.init_profile = [torch.linalg.vector_norm(torch.stack([w.grad.norm() for w in ws])).item()
+                                      for ws in model.ffn_weights()]
             gnorm = global_grad_norm(params, t.grad_clip) if measure or t.grad_clip > 0 else None
             opt.step()
-            logit = update = rms = None
+            rec = StepRecord(step, lr, loss.detach(), None if gnorm is None else gnorm.detach())
             if probe:
-                logit, rms = model.attention_logit_max(), model.resid_rms_by_layer()
-                model.measure_attention(False)  # the update's forward must not record logits
-                update = model_update(model, ux, umask, f0)
-            pending.append((step, lr, loss.detach(), None if gnorm is None else gnorm.detach(), logit, update, rms))
+                for k, v in probe_step(model, ux, umask, f0, logits, y).items():
+                    setattr(rec, k, v)
+            pending.append(rec)
             tokens += tokens_per_step
             is_eval = step % t.eval_every == 0 or step == t.steps
             if len(pending) >= sync_every or is_eval:
                 if flush():
                     break
                 if on_progress:
-                    on_progress(step, losses[-1], tokens / (time.perf_counter() - loop0 - eval_s))
+                    on_progress(step, trace.losses[-1], tokens / (time.perf_counter() - loop0 - eval_s))
             if is_eval:
                 e0 = time.perf_counter()
-                val = evaluate(model, eval_batches, autocast)
-                val_losses.append((step, val))
+                val = evaluate(model, eval_chunks, autocast)
+                trace.val_losses.append((step, val))
                 row = {"step": step, "val_loss": val}
-                if measure and (vb := evaluate_batch_stats(model, eval_batches, autocast)) is not None:
-                    val_batch_stats.append(vb)
-                    row["val_loss_batch_stats"] = vb
+                if bn_batches:
+                    row["val_loss_batch_stats"] = evaluate_batch_stats(model, bn_batches, autocast)
+                    trace.val_batch_stats.append(row["val_loss_batch_stats"])
                 log.write(row)
                 eval_s += time.perf_counter() - e0
         else:
@@ -402,23 +448,39 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     finally:
         model.measure_attention(False)
         log.close()
-    x0, _, mask0 = eval_batches[0]
-    leak = causal_leak(model, x0, mask0, task.vocab_size, autocast) if measure else None
+    leak = None
+    if measure:  # on the first training-sized batch of the validation set
+        x0, _, mask0 = (bn_batches or evalset.batches(t.batch_size))[0]
+        leak = causal_leak(model, x0, mask0, task.vocab_size, autocast)
+    return summarize(cfg, trace, stab, task, model, params, device, evalset, leak, tokens, train_s, wall0,
+                     started_at)
 
+
+def summarize(cfg, trace: Trace, stab: Stability, task, model, params, device, evalset, leak, tokens, train_s,
+              wall0, started_at) -> dict:
+    """The summary.json of a run (written last by the caller)."""
+    t = cfg.train
     diverged = stab.diverged_step is not None
-    finite_vals = [v for _, v in val_losses if math.isfinite(v)]
-    tail = [v for v in losses[-10:] if math.isfinite(v)]
+    finite_vals = [v for _, v in trace.val_losses if math.isfinite(v)]
+    tail = [v for v in trace.losses[-10:] if math.isfinite(v)]
+    final_val = None if diverged or not trace.val_losses else finite_or_none(trace.val_losses[-1][1])
+    unigram = finite_or_none(unigram_loss(task, evalset))
+    vbs = trace.val_batch_stats
     peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10))
-    summary = {
+    return {
         "run_id": cfg.run_id(),
-        "final_val_loss": None if diverged or not val_losses else finite_or_none(val_losses[-1][1]),
+        "final_val_loss": final_val,
         "best_val_loss": min(finite_vals) if finite_vals else None,
         "final_train_loss": None if diverged or not tail else sum(tail) / len(tail),
+        "initial_loss": finite_or_none(trace.losses[0]) if trace.losses else None,
+        "eval_tokens": evalset.tokens,
+        "unigram_loss": unigram,
+        "stalled": None if diverged or final_val is None or unigram is None else final_val >= unigram - STALL_MARGIN,
         "diverged": diverged,
         "diverged_step": stab.diverged_step,
         "divergence_reason": stab.reason,
-        "steps_done": len(losses),
+        "steps_done": len(trace.losses),
         "unstable_steps": stab.unstable_steps,
         "max_loss": stab.max_loss,
         "loss_spikes": len(stab.spike_steps),
@@ -427,15 +489,17 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "median_grad_norm": statistics.median(stab.grad_norms) if stab.grad_norms else None,
         "clip_fraction": (sum(g > t.grad_clip for g in stab.grad_norms) / len(stab.grad_norms)
                           if t.grad_clip > 0 and stab.grad_norms else None),
-        "max_attn_logit": max((a for a in attn_max if math.isfinite(a)), default=None),
-        "max_model_update": max((u for u in updates if math.isfinite(u)), default=None),
-        **resid_summary(resid),
-        "final_val_loss_batch_stats": None if diverged or not val_batch_stats else finite_or_none(val_batch_stats[-1]),
-        "bn_eval_gap": (None if diverged or not val_batch_stats or not val_losses
-                        else finite_or_none(val_losses[-1][1] - val_batch_stats[-1])),
+        "max_attn_logit": max((a for a in trace.attn_max if math.isfinite(a)), default=None),
+        "max_model_update": max((u for u in trace.updates if math.isfinite(u)), default=None),
+        **resid_summary(trace.resid),
+        **log_z_summary(trace.log_z),
+        **bn_dev_summary(trace.bn_dev, len(trace.losses)),
+        "final_val_loss_batch_stats": None if diverged or not vbs else finite_or_none(vbs[-1]),
+        "bn_eval_gap": (None if diverged or not vbs or not trace.val_losses
+                        else finite_or_none(trace.val_losses[-1][1] - vbs[-1])),
         "train_causal_leak": None if leak is None else finite_or_none(leak),
-        "grad_norm_init_by_layer": [finite_or_none(g) for g in init_profile],
-        "val_losses": [[s, finite_or_none(v)] for s, v in val_losses],
+        "grad_norm_init_by_layer": [finite_or_none(g) for g in trace.init_profile],
+        "val_losses": [[s, finite_or_none(v)] for s, v in trace.val_losses],
         "tokens_per_s": tokens / train_s if train_s > 0 else None,
         "wall_s": time.perf_counter() - wall0,
         "started_at": started_at,
@@ -445,10 +509,29 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         "peak_mem_mb": peak_mem,
         "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         "corpus": task.fingerprint,
-        "plugin": plugin_record(m.norm),
+        "plugin": plugin_record(cfg.model.norm),
         "device": str(device),
         "precision_used": resolve_precision(device, t.precision),
         "threads": torch.get_num_threads(),
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    return summary
+
+
+def log_z_summary(log_z: list[float]) -> dict:
+    """The output log-partition log Z (mean over real targets of a measure step's training batch):
+    its largest |value| over training and its value at the last measure step (z-loss keeps it near 0)."""
+    finite = [v for v in log_z if math.isfinite(v)]
+    return {"max_abs_log_z": max((abs(v) for v in finite), default=None),
+            "final_log_z": finite_or_none(log_z[-1]) if log_z else None}
+
+
+def bn_dev_summary(devs: list[tuple], steps: int) -> dict:
+    """Shen et al. 2020's fluctuation: the batch-vs-running distances of mean and variance, averaged
+    over the measure steps of the second half of training (the running statistics start at 0 and 1,
+    so the first steps measure their init, not the batches' fluctuation)."""
+    late = [(m, v) for s, m, v in devs if s > steps / 2]
+    if not late:
+        return {"bn_mean_dev": None, "bn_var_dev": None}
+    means = [m for m, _ in late if math.isfinite(m)]
+    return {"bn_mean_dev": sum(means) / len(means) if means else None,
+            "bn_var_dev": finite_or_none(sum(v for _, v in late) / len(late))}

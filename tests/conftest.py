@@ -5,7 +5,7 @@ import pytest
 TINY = {
     "model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64},
     "data": {"seq_len": 16, "max_chars": 20000},
-    "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "eval_batches": 2, "warmup_steps": 2},
+    "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "eval_tokens": 128, "warmup_steps": 2},
     "device": "cpu",
 }
 

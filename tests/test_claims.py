@@ -1,5 +1,6 @@
-"""Claims as data: the verdict rule on hand-built runs, validation of the claims: key, the ledger
-through the CLI, and `run` with several recipes."""
+"""Claims as data: validation of the claims: key, the ledger through the CLI and the report, a
+shortened look that leaves the claims alone, settling with Stein's two stages, and `run` with
+several recipes. The verdict rule itself is tested on hand-built tables in test_ledger.py."""
 import json
 import math
 
@@ -8,98 +9,32 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from normbench.claims import combine, evaluate, parse_claims, setting_verdict
 from normbench.cli import app
 from normbench.errors import NormbenchError
 from normbench.recipe import load_recipe
-from normbench.stats import welch
 from conftest import tiny
 
 runner = CliRunner()
 
 
-def runs(rows):
-    """rows: (placement, lr, seed, final_val_loss or None for diverged)."""
-    return pd.DataFrame([{"model.placement": p, "train.lr": lr, "seed": s, "final_val_loss": v,
-                          "diverged": v is None, "vocab_size": 100, "max_grad_norm": 1.0} for p, lr, s, v in rows])
-
-
-def claim(**kw):
-    raw = {"source": "a paper", "statement": "post ends above pre", "metric": "final_val_loss",
-           "higher": {"model.placement": "post"}, "lower": {"model.placement": "pre"}, **kw}
-    return parse_claims([raw])[0]
-
-
-CLEAR = [("post", 1e-3, s, v) for s, v in enumerate([2.50, 2.52, 2.54])] + \
-        [("pre", 1e-3, s, v) for s, v in enumerate([2.30, 2.31, 2.32])]
-
-
-def test_a_clear_difference_in_the_claimed_direction_is_held():
-    res = evaluate(claim(), runs(CLEAR))
-    assert res["verdict"] == "held"
-    (s,) = res["settings"]
-    w = welch([2.50, 2.52, 2.54], [2.30, 2.31, 2.32])
-    assert s["diff"] == pytest.approx(0.21) and s["p"] == pytest.approx(w.p) and w.p < 0.05
-    assert "higher 2.52 ± " in res["evidence"] and "(n=3)" in res["evidence"] and "held" in res["evidence"]
-
-
-def test_the_other_direction_or_a_margin_not_met_is_not_held():
-    assert evaluate(claim(higher={"model.placement": "pre"}, lower={"model.placement": "post"}),
-                    runs(CLEAR))["verdict"] == "not held"
-    # 0.21 above, significantly less than a claimed 0.5: not held
-    assert evaluate(claim(margin=0.5), runs(CLEAR))["verdict"] == "not held"
-    # claimed at least 0.2: met (0.21) and significant
-    assert evaluate(claim(margin=0.2), runs(CLEAR))["verdict"] == "held"
-
-
-def test_noise_is_inconclusive_and_says_how_many_seeds_would_settle_it():
-    noisy = [("post", 1e-3, s, v) for s, v in enumerate([2.3, 2.6, 2.4])] + \
-            [("pre", 1e-3, s, v) for s, v in enumerate([2.35, 2.3, 2.5])]
-    res = evaluate(claim(), runs(noisy))
-    assert res["verdict"] == "inconclusive" and res["seeds_needed"] > 3
-    assert "seeds per side would settle it" in res["evidence"]
-    one = [("post", 1e-3, 0, 2.6), ("pre", 1e-3, 0, 2.3)]
-    res = evaluate(claim(), runs(one))
-    assert res["verdict"] == "inconclusive" and "too few seeds" in res["evidence"]
-
-
-def test_same_claims_use_two_one_sided_tests():
-    raw = {"source": "s", "statement": "x", "metric": "final_val_loss", "margin": 0.05,
-           "same": [{"model.placement": "post"}, {"model.placement": "pre"}]}
-    c = parse_claims([raw])[0]
-    close = [("post", 1e-3, s, v) for s, v in enumerate([2.300, 2.302, 2.304])] + \
-            [("pre", 1e-3, s, v) for s, v in enumerate([2.301, 2.303, 2.305])]
-    assert evaluate(c, runs(close))["verdict"] == "held"
-    ninety = welch([2.300, 2.302, 2.304], [2.301, 2.303, 2.305], confidence=0.90)
-    assert -0.05 < ninety.lo and ninety.hi < 0.05
-    assert evaluate(c, runs(CLEAR))["verdict"] == "not held"  # 0.21 apart, significantly
-
-
-def test_settings_of_the_other_factors_can_make_a_claim_mixed():
-    rows = CLEAR + [("post", 3e-3, s, v) for s, v in enumerate([2.10, 2.11, 2.12])] + \
-        [("pre", 3e-3, s, v) for s, v in enumerate([2.30, 2.31, 2.32])]
-    res = evaluate(claim(), runs(rows))
-    assert [s["verdict"] for s in res["settings"]] == ["held", "not held"] and res["verdict"] == "mixed"
-    assert "lr=0.001" in res["evidence"] and "lr=0.003" in res["evidence"]
-    assert combine(["held", "inconclusive"]) == "inconclusive" and combine(["not held"] * 2) == "not held"
-
-
-def test_a_diverged_runs_loss_counts_as_ln_v():
-    rows = [("post", 1e-3, s, None) for s in range(3)] + [("pre", 1e-3, s, v) for s, v in enumerate([2.3, 2.31, 2.32])]
-    res = evaluate(claim(), runs(rows))
-    assert res["verdict"] == "held" and res["settings"][0]["a"].mean == pytest.approx(math.log(100))
-    verdict, _ = setting_verdict(claim(metric="diverged"), [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
-    assert verdict == "held"
-
-
 @pytest.mark.parametrize("bad,key,text", [
     ({"metric": "final_loss"}, "claims[0].metric", "expected one of"),
     ({"margin": -1}, "claims[0].margin", "expected a number >= 0"),
+    ({"metric": "max_attn_logit", "margin": 0.5}, "claims[0].margin", "a factor >= 1 on the log scale"),
     ({"colour": 1}, "claims[0].colour", "unknown key"),
     ({"higher": {"model.placement": "sandwich"}}, "claims[0].higher", "no run of this recipe has"),
     ({"higher": {"model.nrom": "post"}}, "claims[0].higher", "unknown key"),
-    ({"same": [{"model.placement": "post"}, {"model.placement": "pre"}], "higher": None}, "claims[0].same",
-     "either higher and lower, or same"),
+    ({"same": [{"model.placement": "post"}, {"model.placement": "pre"}], "higher": None, "lower": None},
+     "claims[0].margin", "needs a margin"),
+    ({"same": [{"model.placement": "post"}, {"model.placement": "pre"}], "margin": 0.1}, "claims[0].higher",
+     "does not belong to a same claim"),
+    ({"candidate": {"model.placement": "post"}, "higher": None, "lower": None, "margin": 0.1},
+     "claims[0].reference", "needs candidate, reference"),
+    ({"larger_at": {"model.placement": "post"}}, "claims[0].smaller_at", "needs higher, lower, larger_at"),
+    ({"metric": "diverged", "margin": 0.1}, "claims[0].margin", "is a rate: no margin"),
+    ({"scale": "cubic"}, "claims[0].scale", "expected linear or log"),
+    ({"across": "some"}, "claims[0].across", "expected every or average"),
+    ({"effect": -1}, "claims[0].effect", "expected a number > 0"),
 ])
 def test_bad_claims_are_one_line_naming_the_key(tmp_path, bad, key, text):
     c = {"source": "s", "statement": "x", "metric": "final_val_loss", "higher": {"model.placement": "post"},
@@ -134,18 +69,21 @@ def test_the_ledger_through_the_cli_and_the_report(tmp_path):
         assert res.exit_code == 0, res.output
         rows = json.loads(res.stdout)
         assert [r["claim"] for r in rows] == ["Post-LN ends above Pre-LN", "placement changes nothing"]
-        assert all(r["verdict"] in ("held", "not held", "mixed", "inconclusive") for r in rows)
-        assert "(n=2)" in rows[0]["evidence"]
+        assert "paired t" in rows[0]["test"] and "equivalence" in rows[1]["test"]
+        assert "placement=post" in rows[0]["evidence"] and "(n=2)" in rows[0]["evidence"]
+        assert all(0 <= r["p"] <= r["p_adjusted"] <= 1 for r in rows)
     md = tmp_path / "CLAIMS.md"
     assert runner.invoke(app, ["claims", str(out), "-o", str(md)]).exit_code == 0
-    assert md.read_text().startswith("| claim | source | recipe | verdict | evidence |")
+    assert md.read_text().startswith("| claim | source | recipe | test | verdict | evidence | p | p_adjusted |")
     assert runner.invoke(app, ["report", str(out / "cl")]).exit_code == 0
     text = (out / "cl" / "report.md").read_text()
     assert "## Claims" in text and "Post-LN ends above Pre-LN" in text
+    assert "the 4 runs of recipe cl as written (train.steps=10" in text
     import normbench
 
     df = normbench.claims_ledger([out])
-    assert list(df.columns)[:5] == ["claim", "source", "recipe", "verdict", "evidence"] and len(df) == 2
+    assert list(df.columns)[:8] == ["claim", "source", "recipe", "test", "verdict", "evidence", "p",
+                                    "p_adjusted"] and len(df) == 2
 
 
 def test_run_takes_several_recipes_and_checks_them_all_first(tmp_path):
@@ -162,3 +100,59 @@ def test_run_takes_several_recipes_and_checks_them_all_first(tmp_path):
     assert (out / "a" / "index.csv").exists() and (out / "b" / "index.csv").exists()
     res = runner.invoke(app, ["run", str(a), str(a), "--out", str(out)])
     assert res.exit_code == 2 and "two recipes are named 'a'" in res.stderr
+
+
+def test_a_shortened_look_leaves_the_claims_alone(tmp_path):
+    """`run R --set train.steps=N` changes run ids: claims.yaml keeps the runs of the recipe as
+    written, `run` says so, and the ledger does not count the shortened runs."""
+    recipe = {"name": "sm", "base": tiny(train={"steps": 8}),
+              "sweep": {"grid": {"model.placement": ["pre", "post"]}, "seeds": 2},
+              "claims": [{"source": "s", "statement": "post ends above pre", "metric": "final_val_loss",
+                          "higher": {"placement": "post"}, "lower": {"placement": "pre"}}]}
+    p = tmp_path / "sm.yaml"
+    p.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "res"
+    assert runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).exit_code == 0
+    before = (out / "sm" / "claims.yaml").read_text()
+    ledger_before = runner.invoke(app, ["claims", str(out), "--format", "json"]).stdout
+    res = runner.invoke(app, ["run", str(p), "--out", str(out), "--set", "train.steps=4"])
+    assert res.exit_code == 0 and "claims.yaml left alone" in res.output
+    assert (out / "sm" / "claims.yaml").read_text() == before
+    assert runner.invoke(app, ["claims", str(out), "--format", "json"]).stdout == ledger_before
+    # an override that keeps the run ids (how a run executes) still writes them
+    assert load_recipe(p, ["device=cpu"]).claims_ids is None
+
+
+def test_settle_adds_seeds_by_stein_and_judges_again(tmp_path):
+    """An inconclusive paired claim: the first stage's spread fixes N once (settle.yaml, written before
+    the runs), the second stage runs seeds n0..N-1 of both arms, and the verdict is Stein's test."""
+    recipe = {"name": "st", "base": tiny(train={"steps": 6, "eval_every": 6}, data={"seq_len": 8}),
+              "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}, "seeds": 3},
+              "claims": [{"source": "s", "statement": "rmsnorm matches layernorm", "metric": "final_val_loss",
+                          "same": [{"norm": "rmsnorm"}, {"norm": "layernorm"}], "margin": 0.02},
+                         {"source": "s", "statement": "rmsnorm ends above layernorm", "metric": "final_val_loss",
+                          "higher": {"norm": "rmsnorm"}, "lower": {"norm": "layernorm"}, "effect": 2.0}]}
+    p = tmp_path / "st.yaml"
+    p.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "res"
+    assert runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).exit_code == 0
+    first = json.loads(runner.invoke(app, ["claims", str(p), "--out", str(out), "--format", "json"]).stdout)
+    assert [r["verdict"] for r in first] == ["inconclusive", "inconclusive"]  # 3 seeds of 6 steps: noise
+    res = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "6", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    settled = yaml.safe_load((out / "st" / "settle.yaml").read_text())
+    # 0.02 nats needs far more seeds than the budget: refused, said, not planned
+    assert "rmsnorm matches layernorm" not in settled and "over the budget" in res.stderr
+    plan = settled["rmsnorm ends above layernorm"][""]
+    assert plan["first_stage_seeds"] == [0, 1, 2] and plan["n_total"] >= 4
+    assert len(plan["runs"]) == 2 * (plan["n_total"] - 3) <= 6
+    row = json.loads(res.stdout)[1]
+    assert "Stein two-stage" in row["test"] and row["seeds"] == plan["n_total"]
+    from normbench.stats import seeds_for
+    assert plan["n_total"] == max(4, seeds_for(plan["s0"], 2.0, df_from=2))
+    # settling again runs nothing new: the plan is fixed
+    again = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "6"])
+    assert again.exit_code == 0
+    assert yaml.safe_load((out / "st" / "settle.yaml").read_text())["rmsnorm ends above layernorm"][""] == plan
+    res = runner.invoke(app, ["claims", str(out / "st"), "--settle"])
+    assert res.exit_code == 2 and "expected recipe files" in res.stderr

@@ -112,7 +112,7 @@ def test_causal_batchnorm_normalises_with_earlier_running_statistics_only():
 def trained_tiny(norm: str, padded: bool):
     cfg = from_dict({"model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64, "norm": norm},
                      "data": {"seq_len": 16, "max_chars": 20000, "variable_length": padded, "min_len": 4},
-                     "train": {"steps": 3, "batch_size": 6, "eval_every": 3, "eval_batches": 1,
+                     "train": {"steps": 3, "batch_size": 6, "eval_every": 3, "eval_tokens": 64,
                                "warmup_steps": 1}, "device": "cpu"})
     return train(cfg, threads=1)
 
@@ -155,7 +155,7 @@ def test_dyt_trains_with_every_other_key_at_its_default():
         cfg = from_dict({"model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64, **model},
                          "data": {"seq_len": 32, "max_chars": 200000},
                          "train": {"steps": 150, "batch_size": 16, "lr": 3e-3, "warmup_steps": 10,
-                                   "eval_every": 150, "eval_batches": 2}, "device": "cpu"})
+                                   "eval_every": 150, "eval_tokens": 128}, "device": "cpu"})
         return train(cfg, threads=1)["final_val_loss"]
 
     dyt, old, ln = final({"norm": "dyt"}), final({"norm": "dyt", "embed_scale": "none", "dyt_alpha": 0.5}), \
@@ -172,7 +172,7 @@ def test_run_warns_about_leaky_norms_and_compare_shows_the_leak_with_a_note(tmp_
     from normbench.cli import app
 
     base = {"model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64}, "data": {"seq_len": 16, "max_chars": 20000},
-            "train": {"steps": 3, "batch_size": 4, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
+            "train": {"steps": 3, "batch_size": 4, "eval_every": 3, "eval_tokens": 64, "warmup_steps": 1},
             "device": "cpu"}
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({"name": "leak", "base": base,

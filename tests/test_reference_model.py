@@ -79,7 +79,7 @@ def test_normbench_trains_exactly_like_an_independent_minimal_gpt(placement, emb
                      "placement": placement, "embed_scale": embed_scale, "init": "xavier"},
            "data": {"seq_len": 16, "max_chars": 20000},
            "train": {"steps": STEPS, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0, "schedule": "constant",
-                     "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "eval_every": STEPS, "eval_batches": 1},
+                     "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "eval_every": STEPS, "eval_tokens": 64},
            "device": "cpu"}
     cfg = from_dict(raw)
     s = train(cfg, tmp_path, threads=1)

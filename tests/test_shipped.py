@@ -10,7 +10,7 @@ from normbench.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "recipes" / "literature").glob("*.yaml"))
-SHORT = {"train.steps": 2, "train.eval_every": 2, "train.eval_batches": 1, "data.max_chars": 20000, "device": "cpu"}
+SHORT = {"train.steps": 2, "train.eval_every": 2, "train.eval_tokens": 64, "data.max_chars": 20000, "device": "cpu"}
 
 
 def test_there_are_recipes():

@@ -1,0 +1,224 @@
+"""The verdict rule of the claims ledger on hand-built tables, each number checked against a hand
+computation or scipy's own test: pairing by design, bounds, the log scale, contrary settings, Holm,
+Fisher, rank tests for failed runs, interactions, non-inferiority, seeds needed and Stein's sizes."""
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from normbench.claims import parse_claims
+from normbench.ledger import evaluate, evidence_text, log_slope, p_values, verdict
+from normbench.stats import holm, paired, rates, seeds_for, sigma_upper, stein, unpaired
+
+
+def frame(rows, metric="final_val_loss"):
+    """rows: (placement, lr, seed, value or None for a diverged run)."""
+    return pd.DataFrame([{"model.placement": p, "train.lr": lr, "seed": s, metric: v, "diverged": v is None,
+                          "vocab_size": 100, "status": "completed", "run_id": f"{p}{lr}{s}"}
+                         for p, lr, s, v in rows])
+
+
+def claim(**kw):
+    raw = {"source": "a paper", "statement": "post ends above pre", "metric": "final_val_loss",
+           "higher": {"model.placement": "post"}, "lower": {"model.placement": "pre"}, **kw}
+    return parse_claims([raw])[0]
+
+
+def arms(a, b, lr=1e-3, seeds_a=None, seeds_b=None):
+    return [("post", lr, s, v) for s, v in zip(seeds_a or range(len(a)), a)] + \
+           [("pre", lr, s, v) for s, v in zip(seeds_b or range(len(b)), b)]
+
+
+POST, PRE = [2.50, 2.53, 2.54], [2.30, 2.31, 2.35]
+
+
+def test_shared_seeds_are_paired_and_other_seeds_are_welch():
+    res = evaluate(claim(), frame(arms(POST, PRE)))
+    (s,) = res["settings"]
+    assert s["contrast"].method == "paired t"
+    ref = stats.ttest_rel(POST, PRE, alternative="greater")
+    assert res["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    res = evaluate(claim(), frame(arms(POST, PRE, seeds_b=[3, 4, 5])))
+    assert res["settings"][0]["contrast"].method == "Welch t"
+    ref = stats.ttest_ind(POST, PRE, equal_var=False, alternative="greater")
+    assert res["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    # paired: false is honoured even where the seeds are shared
+    res = evaluate(claim(paired=False), frame(arms(POST, PRE)))
+    assert res["settings"][0]["contrast"].method == "Welch t" and "Welch t" in res["test"]
+
+
+def test_a_margin_is_met_only_by_the_lower_confidence_bound():
+    # d = 0.11 with a wide interval: "by at least 0.1" is not shown (today's rule passed d >= m)
+    a, b = [2.40, 2.51, 2.42], [2.30, 2.30, 2.40]
+    d = [x - y for x, y in zip(a, b)]
+    lo = sum(d) / 3 - stats.t.ppf(0.95, 2) * stats.tstd(d) / math.sqrt(3)  # one-sided 95% lower bound
+    assert sum(d) / 3 == pytest.approx(0.11) and lo < 0.1
+    res = evaluate(claim(margin=0.1), frame(arms(a, b)))
+    assert res["p"] > 0.05 and res["settings"][0]["verdict"] == "inconclusive"
+    # a tight 0.21 clears 0.2 (lower bound above it) but not 0.5: there the upper bound is below -> not held
+    tight = evaluate(claim(margin=0.2), frame(arms([2.51, 2.52, 2.51], [2.30, 2.31, 2.30])))
+    assert tight["settings"][0]["verdict"] == "held"
+    far = evaluate(claim(margin=0.5), frame(arms([2.51, 2.52, 2.51], [2.30, 2.31, 2.30])))
+    assert far["settings"][0]["verdict"] == "not held" and far["p_against"] < 0.05
+
+
+def test_equivalence_is_not_held_only_when_its_interval_lies_outside_the_margin():
+    same = dict(same=[{"model.placement": "post"}, {"model.placement": "pre"}], margin=0.05)
+    raw = {"source": "s", "statement": "x", "metric": "final_val_loss", **same}
+    c = parse_claims([raw])[0]
+    close = evaluate(c, frame(arms([2.300, 2.302, 2.304], [2.301, 2.303, 2.305])))
+    assert close["settings"][0]["verdict"] == "held"
+    # d = 0.06 +- wide: significantly non-zero, but the 95% interval reaches inside (-0.05, 0.05)
+    wide = frame(arms([2.36, 2.40, 2.32], [2.30, 2.31, 2.29]))
+    d = [0.06, 0.09, 0.03]
+    lo = 0.06 - stats.t.ppf(0.975, 2) * stats.tstd(d) / math.sqrt(3)
+    assert lo < 0.05
+    assert evaluate(c, wide)["settings"][0]["verdict"] == "inconclusive"
+    far = evaluate(c, frame(arms([2.50, 2.51, 2.52], [2.30, 2.31, 2.32])))
+    assert far["settings"][0]["verdict"] == "not held"
+
+
+def test_noninferiority_uses_the_upper_bound_of_candidate_minus_reference():
+    raw = {"source": "s", "statement": "post is not worse than pre by 0.05", "metric": "final_val_loss",
+           "candidate": {"model.placement": "post"}, "reference": {"model.placement": "pre"}, "margin": 0.05}
+    c = parse_claims([raw])[0]
+    better = evaluate(c, frame(arms([2.28, 2.29, 2.31], [2.30, 2.31, 2.32])))
+    d = [-0.02, -0.02, -0.01]
+    assert better["p"] == pytest.approx(stats.ttest_1samp(d, 0.05, alternative="less").pvalue)
+    assert better["settings"][0]["verdict"] == "held"
+    worse = evaluate(c, frame(arms([2.50, 2.51, 2.52], [2.30, 2.31, 2.32])))
+    assert worse["settings"][0]["verdict"] == "not held"
+
+
+def test_the_log_scale_sees_a_separation_that_one_sides_variance_hides():
+    # qk-norm at lr 0.1 in 0.4.0: logits 1,351 to 5,996 without it, 16 to 18 with it
+    without, with_ = [1351.0, 4958.0, 5996.0], [16.0, 17.5, 18.0]
+    lin = claim(metric="max_attn_logit", scale="linear")
+    rows = frame(arms(without, with_), "max_attn_logit")
+    assert evaluate(lin, rows)["settings"][0]["verdict"] == "inconclusive"
+    log = claim(metric="max_attn_logit")  # the default for a multiplicative metric
+    res = evaluate(log, rows)
+    assert log.scale == "log" and res["settings"][0]["verdict"] == "held"
+    d = [math.log(a) - math.log(b) for a, b in zip(without, with_)]
+    assert res["p"] == pytest.approx(stats.ttest_1samp(d, 0, alternative="greater").pvalue)
+    text = evidence_text(log, res)
+    assert "geometric" in text and f"ratio {math.exp(sum(d) / 3):.3g}×" in text
+
+
+def test_one_significant_contradiction_refutes_a_universal_claim_after_holm():
+    held = arms([2.50, 2.52, 2.54], [2.30, 2.31, 2.32], lr=1e-3)
+    contra = arms([2.10, 2.11, 2.12], [2.30, 2.31, 2.32], lr=3e-3)
+    res = evaluate(claim(), frame(held + contra))
+    assert [s["verdict"] for s in res["settings"]] == ["held", "not held"]
+    p_against = [s["p_against"] for s in res["settings"]]
+    assert res["p_against"] == pytest.approx(min(holm(p_against)))
+    assert res["p"] == pytest.approx(max(s["p"] for s in res["settings"]))  # intersection-union
+    row = {"p_adjusted": res["p"], "p_against_adjusted": res["p_against"]}
+    assert verdict(row) == "not held"
+    # on average over the two settings the claim is one blocked test: per seed the mean difference
+    avg = evaluate(claim(across="average"), frame(held + contra))
+    per_seed = [((2.50 - 2.30) + (2.10 - 2.30)) / 2, ((2.52 - 2.31) + (2.11 - 2.31)) / 2,
+                ((2.54 - 2.32) + (2.12 - 2.32)) / 2]
+    assert avg["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0, alternative="greater").pvalue)
+
+
+def test_holm_against_a_hand_computation():
+    p = [0.01, 0.04, 0.03, 0.20]
+    # sorted 0.01, 0.03, 0.04, 0.20 -> 4*0.01, max(0.04, 3*0.03), max(0.09, 2*0.04), max(0.09, 0.20)
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert math.isnan(holm([0.01, math.nan])[1]) and holm([0.01, math.nan])[0] == pytest.approx(0.01)
+
+
+def test_fisher_exact_on_rates():
+    c = rates([1, 1, 1], [0, 0, 0])
+    assert c.p_above() == pytest.approx(1 / math.comb(6, 3))  # 0.05: the one table as extreme
+    res = evaluate(claim(metric="diverged"), frame(arms([None, None, None], [2.3, 2.3, 2.3])))
+    assert res["settings"][0]["contrast"].method == "Fisher exact"
+    assert res["p"] == pytest.approx(0.05)
+
+
+def test_a_diverged_run_is_the_worst_rank_not_a_made_up_loss():
+    # one post seed diverged: the paired test becomes Wilcoxon's signed-rank with that seed worst
+    res = evaluate(claim(), frame(arms([2.50, None, 2.54, 2.56], [2.30, 2.31, 2.32, 2.33])))
+    c = res["settings"][0]["contrast"]
+    assert c.method == "Wilcoxon signed-rank"
+    ref = stats.wilcoxon([0.20, 1e9, 0.22, 0.23], alternative="greater")
+    assert res["p"] == pytest.approx(ref.pvalue)
+    assert "1 diverged" in evidence_text(claim(), res)
+
+
+def test_an_interaction_is_one_paired_test_of_the_difference_of_differences():
+    raw = {"source": "Xiong", "statement": "post gains more from warmup", "metric": "final_val_loss",
+           "higher": {"train.warmup_steps": 0}, "lower": {"train.warmup_steps": 50},
+           "larger_at": {"model.placement": "post"}, "smaller_at": {"model.placement": "pre"}}
+    c = parse_claims([raw])[0]
+    vals = {("post", 0): [3.10, 3.00, 3.20], ("post", 50): [2.10, 2.20, 2.15],
+            ("pre", 0): [2.05, 2.07, 2.02], ("pre", 50): [2.00, 2.01, 2.03]}
+    rows = [{"model.placement": p, "train.warmup_steps": w, "seed": s, "final_val_loss": v, "diverged": False,
+             "vocab_size": 100} for (p, w), vs in vals.items() for s, v in enumerate(vs)]
+    res = evaluate(c, pd.DataFrame(rows))
+    per_seed = [(vals["post", 0][s] - vals["post", 50][s]) - (vals["pre", 0][s] - vals["pre", 50][s])
+                for s in range(3)]
+    assert res["settings"][0]["contrast"].d == pytest.approx(sum(per_seed) / 3)
+    assert res["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0, alternative="greater").pvalue)
+    assert "interaction" in res["test"]
+
+
+def test_a_metric_taken_at_init_is_not_split_by_training_only_keys():
+    rows = []
+    for w in (0, 200):  # identical init profiles at both warmups: one setting, each seed once
+        for s, (post, pre) in enumerate([(1.5, 0.4), (1.2, 0.3), (2.0, 0.5)]):
+            for p, ratio in (("post", post), ("pre", pre)):
+                rows.append({"model.placement": p, "train.warmup_steps": w, "seed": s, "diverged": False,
+                             "vocab_size": 100, "grad_norm_init_by_layer": [1.0, ratio]})
+    c = claim(metric="grad_norm_init_last_over_first")
+    res = evaluate(c, pd.DataFrame(rows))
+    assert len(res["settings"]) == 1 and res["settings"][0]["contrast"].n == (3,)
+
+
+def test_seeds_needed_use_the_upper_bound_of_sigma_and_the_effect():
+    # chi-square upper 80% bound of sigma from n = 3: s * sqrt(2 / chi2.ppf(0.2, 2))
+    assert sigma_upper(1.0, 3) == pytest.approx(math.sqrt(2 / stats.chi2.ppf(0.2, 2)))
+    # paired n for gap 0.5 at sigma 1: the smallest n with (t.95 + t.80) * sigma / sqrt(n) <= gap, df n - 1
+    n = seeds_for(1.0, 0.5)
+    ok = (lambda k: (stats.t.ppf(0.95, k - 1) + stats.t.ppf(0.8, k - 1)) / math.sqrt(k) <= 0.5)
+    assert ok(n) and not ok(n - 1)
+    noisy = evaluate(claim(effect=0.1), frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5])))
+    assert noisy["seeds_needed"] and noisy["seeds_needed"] > 3
+    assert evaluate(claim(), frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5])))["seeds_needed"] is None  # no effect
+
+
+def test_stein_two_stage_size_and_test():
+    # first stage n0 = 3, s0 = 0.1, gap 0.1: N from t quantiles at n0 - 1 = 2 df (not n - 1)
+    q = stats.t.ppf(0.95, 2) + stats.t.ppf(0.8, 2)
+    assert seeds_for(0.1, 0.1, df_from=2) == math.ceil((q * 0.1 / 0.1) ** 2)
+    diffs = [0.05, 0.15, 0.10, 0.12, 0.08, 0.11]
+    c = stein(diffs, first=3)
+    s0 = stats.tstd(diffs[:3])
+    assert c.df == 2 and c.se == pytest.approx(s0 / math.sqrt(6)) and c.d == pytest.approx(sum(diffs) / 6)
+    assert c.p_above(0) == pytest.approx(stats.t.sf(c.d / c.se, 2))
+
+
+def test_rank_and_t_contrasts_give_p_against_any_shift():
+    c = paired([0.2, 0.21, 0.22])
+    assert c.p_above(0.1) == pytest.approx(stats.ttest_1samp([0.2, 0.21, 0.22], 0.1, alternative="greater").pvalue)
+    u = unpaired([math.inf, 2.5, 2.6], [2.3, 2.31, 2.32])
+    assert u.method == "Mann-Whitney U"
+    assert u.p_above(0) == pytest.approx(stats.mannwhitneyu([1e9, 2.5, 2.6], [2.3, 2.31, 2.32],
+                                                            alternative="greater").pvalue)
+
+
+def test_residual_growth_is_a_log_slope_over_layers():
+    prof = [1.0, math.e, math.e ** 2, math.e ** 3]
+    assert log_slope(prof) == pytest.approx(1.0)
+    assert log_slope([2.0, 2.0, 2.0]) == pytest.approx(0.0)
+
+
+def test_p_values_of_each_kind_against_the_definitions():
+    c = paired([0.01, -0.01, 0.02])
+    same = parse_claims([{"source": "s", "statement": "x", "metric": "final_val_loss", "margin": 0.05,
+                          "same": [{"model.placement": "post"}, {"model.placement": "pre"}]}])[0]
+    p, against = p_values(same, c)
+    assert p == pytest.approx(max(c.p_above(-0.05), c.p_below(0.05)))
+    assert against == pytest.approx(min(1.0, 2 * min(c.p_above(0.05), c.p_below(-0.05))))
