@@ -470,7 +470,8 @@ def judge(sources) -> list[tuple]:
 
     out = []
     for src in sources:
-        recipe_name, claims, results, run_ids = src[:4]
+        recipe_name, claims, results = src[:3]
+        run_ids = src[3] if len(src) > 3 else None
         settled = src[4] if len(src) > 4 else {}
         runs = collect([results])[0] if results.is_dir() and any(results.iterdir()) else pd.DataFrame()
         done = runs[runs["status"].isin(DONE)] if len(runs) else runs

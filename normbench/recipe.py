@@ -172,7 +172,7 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         raw, base_dir = copy.deepcopy(source), Path.cwd()
     sets = parse_set(overrides)
     try:
-        recipe = _build(raw, sets, base_dir, default_name=Path(file).stem if file else "recipe")
+        recipe = _build(copy.deepcopy(raw), sets, base_dir, default_name=Path(file).stem if file else "recipe")
     except NormbenchError as e:
         for err in getattr(e, "errors", None) or [e]:
             if not (err.key or "").startswith("--"):
@@ -183,7 +183,12 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         try:
             written = [r.run_id for r in _build(copy.deepcopy(raw), {}, base_dir,
                                                 default_name=Path(file).stem if file else "recipe").runs]
-        except NormbenchError:  # the recipe is valid only with its --set: nothing as written to judge
+        except NormbenchError as e:  # valid only with its --set: nothing as written to judge, unless
+            claims_errors = [err for err in getattr(e, "errors", None) or [e] if (err.key or "").startswith("claims")]
+            if claims_errors:  # the claims themselves are wrong: say so, as without --set
+                for err in claims_errors:
+                    err.with_file(file)
+                raise claims_errors[0] if len(claims_errors) == 1 else e from None
             written = []
         if set(written) != {r.run_id for r in recipe.runs}:
             recipe.claims_ids = written
@@ -232,7 +237,9 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
     with problems.check():
         from .claims import parse_claims
 
-        claims = parse_claims(raw.get("claims"), None if problems.errors else runs)  # runs: are groups real?
+        # runs: are the groups real? Under --set the groups are checked on the recipe as written
+        # (load_recipe), since an override may remove a value a claim names (a shortened look)
+        claims = parse_claims(raw.get("claims"), None if problems.errors or sets else runs)
     problems.raise_any()
     varied = list(axes) + list(zipped) + (["seed"] if seeds is not None and len(seeds) > 1 else [])
     return Recipe(name=name, description=description, runs=runs, varied=varied, claims=claims)

@@ -165,8 +165,9 @@ def test_batch_stats_evaluation_is_a_train_mode_forward_that_changes_nothing(nor
     batches = [task.batch("val", 8, eval_gen) for _ in range(2)]
     before = [{k: b.clone() for k, b in bn.named_buffers()} for bn in batch_norms(model)]
     ref = copy.deepcopy(model).train()
-    with torch.no_grad():
-        want = sum(lm_loss(ref(x, mask), y)[0].item() for x, y, mask in batches) / len(batches)
+    with torch.no_grad():  # token-weighted over the batches, as the validation loss is
+        n = [int((y != -100).sum()) for _, y, _ in batches]
+        want = sum(lm_loss(ref(x, mask), y)[0].item() * k for (x, y, mask), k in zip(batches, n)) / sum(n)
     got = evaluate_batch_stats(model, batches, lambda: torch.autocast("cpu", enabled=False))
     assert got == pytest.approx(want, rel=1e-6)
     assert model.training  # left in train mode, as train() expects

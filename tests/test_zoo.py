@@ -174,7 +174,7 @@ def test_powernorm_trains_and_is_causal_after_its_warmup(tmp_path):
     from normbench.trainer import train
 
     s = train(from_dict(tiny(model={"norm": "powernorm"}, train={"steps": 12, "warmup_steps": 4})), tmp_path)
-    assert not s["diverged"] and s["final_val_loss"] < math.log(s["vocab_size"])
+    assert not s["diverged"] and s["final_val_loss"] < s["initial_loss"] - 0.5  # it learns
     assert s["train_causal_leak"] < 1e-6  # taken after training: past the warmup, running statistics only
 
 
