@@ -235,26 +235,38 @@ AFTER_INIT = {"train.steps", "train.lr", "train.warmup_steps", "train.schedule",
               "train.divergence_margin"}
 
 
+def grad_norm_init_lines(c: Comparison) -> list[tuple]:
+    """(label, group row, seeds, profile mean) per combination of the factors that can change the
+    step-0 gradient: keys that act only after step 0 (AFTER_INIT) are merged, and each seed counts
+    once (a seed at two warmups is one profile, and the label says n=1)."""
+    col = "grad_norm_init_by_layer"
+    if col not in c.runs or c.runs[col].map(bool).sum() == 0:
+        return []
+    by = [k for k in c.by if k not in AFTER_INIT]
+    labels = c.runs.apply(lambda r: group_label(r, by), axis=1)
+    out = []
+    for label in dict.fromkeys(labels):
+        runs = c.runs[(labels == label) & c.runs[col].map(bool)]
+        if not len(runs):
+            continue
+        per_seed = runs.groupby("seed", sort=True)[col].first() if "seed" in runs else runs[col]
+        out.append((label, {k: runs.iloc[0][k] for k in by}, len(per_seed), _profile_mean(list(per_seed))))
+    return out
+
+
 def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
     """Per-layer feed-forward gradient norm at initialisation (before clipping), seed mean, log scale;
     one line per combination of the factors that can change it (model, data, batch size...), so a
-    warmup or lr sweep draws one line per placement rather than identical copies."""
-    col = "grad_norm_init_by_layer"
-    if col not in c.runs or c.runs[col].map(bool).sum() == 0:
+    warmup or lr sweep draws one line per placement rather than identical copies; n counts seeds."""
+    lines = grad_norm_init_lines(c)
+    if not lines:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     palette = palette or Palette(c)
-    by = [k for k in c.by if k not in AFTER_INIT]
-    labels = c.runs.apply(lambda r: group_label(r, by), axis=1)
-    groups = list(dict.fromkeys(labels))
-    for label in groups:
-        first = c.runs[labels == label].iloc[0]
-        color, ls = palette.style({k: first[k] for k in by}, with_lr=False)
-        profiles = [p for p in c.runs.loc[labels == label, col] if p]
-        if not profiles:
-            continue
-        ax.plot(*_profile_mean(profiles), color=color, ls=ls, marker="o", ms=4, label=f"{label} (n={len(profiles)})")
+    for label, row, n, (x, y) in lines:
+        color, ls = palette.style(row, with_lr=False)
+        ax.plot(x, y, color=color, ls=ls, marker="o", ms=4, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
     ax.set(xlabel="layer (1 = nearest the input)", ylabel="‖∇W_FFN‖ at step 0 (fc1 and fc2)", yscale="log",
            title="gradient norm per layer at initialisation")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -288,29 +300,46 @@ def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = No
     return _save(fig, path)
 
 
-def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
-    """The residual stream's RMS after each block (log scale), seed geometric mean, at the end of training
-    (with markers) and at the first step (faint), one colour per model configuration: the curse of depth (Sun et
-    al. 2025) is a profile that climbs with the layer. None when no run measured it."""
+def resid_rms_lines(c: Comparison) -> list[tuple]:
+    """(label, group row, seeds, end-of-training profile, step-1 profile) per group of the table (the
+    same grouping, so runs that differ in warmup or steps are never averaged together); the
+    geometric mean over the group's seeds that did not diverge; n counts those seeds."""
     col = "resid_rms_by_layer"
     if col not in c.runs or c.runs[col].map(bool).sum() == 0:
+        return []
+    ok = c.runs[~c.runs["diverged"]]
+    if not len(ok):
+        return []
+    labels = ok.apply(lambda r: group_label(r, c.by), axis=1)
+    out = []
+    for label in dict.fromkeys(labels):
+        runs = ok[(labels == label) & ok[col].map(bool)]
+        if not len(runs):
+            continue
+        profiles = {k: [p for p in runs[k] if p] if k in runs else [] for k in (col, f"{col}_init")}
+        seeds = runs["seed"].nunique() if "seed" in runs else len(runs)
+        out.append((label, {k: runs.iloc[0][k] for k in c.by}, seeds,
+                    _profile_mean(profiles[col], geometric=True),
+                    _profile_mean(profiles[f"{col}_init"], geometric=True) if profiles[f"{col}_init"] else None))
+    return out
+
+
+def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
+    """The residual stream's RMS after each block (log scale), seed geometric mean, at the end of training
+    (with markers) and at the first step (faint), one line per group of the table: the curse of depth
+    (Sun et al. 2025) is a profile that climbs with the layer. None when no run measured it."""
+    lines = resid_rms_lines(c)
+    if not lines:
         return None
     plt = _pyplot()
     palette = palette or Palette(c)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    by = [k for k in c.by if k not in AFTER_INIT]
-    ok = c.runs[~c.runs["diverged"]]
-    labels = ok.apply(lambda r: group_label(r, by), axis=1) if len(ok) else []
-    for label in dict.fromkeys(labels):
-        runs = ok[labels == label]
-        color, ls = palette.style({k: runs.iloc[0][k] for k in by}, with_lr=False)
-        for key, faint in ((col, False), (f"{col}_init", True)):
-            profiles = [p for p in runs[key] if p] if key in runs else []
-            if not profiles:
-                continue
-            ax.plot(*_profile_mean(profiles, geometric=True), color=color, ls=ls,
-                    marker=None if faint else "o", ms=3, lw=0.8 if faint else 1.6, alpha=0.45 if faint else 1.0,
-                    label=None if faint else f"{label} (n={len(profiles)})")
+    for label, row, n, end, init in lines:
+        color, ls = palette.style(row)
+        ax.plot(*end, color=color, ls=ls, marker="o", ms=3, lw=1.6,
+                label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
+        if init is not None:
+            ax.plot(*init, color=color, ls=ls, lw=0.8, alpha=0.45)
     ax.set(xlabel="block (1 = nearest the input)", ylabel="RMS of the residual stream after the block",
            yscale="log", title="residual stream RMS per block, seed geometric mean: end of training "
                                "(markers), step 1 (faint)")
