@@ -48,11 +48,14 @@ def cpu_count() -> int:
 
 
 def plan_parallelism(n_runs: int, jobs: int | None, threads: int | None, gpu: bool) -> tuple[int, int]:
-    """(jobs, threads per run) so that jobs x threads never exceeds the cores.
+    """(jobs, threads per run) so that jobs x threads never exceeds the cores the process may use.
 
-    CPU: one run per core, one thread each (tiny models scale poorly across threads);
-    fewer runs than cores share the spare cores. GPU: several runs share the device
-    (a tiny model leaves it mostly idle), bounded by the cores that feed them.
+    CPU: one run per core and one thread per run, always. Fewer runs than cores do not take the
+    spare cores: torch's intra-op threads busy-wait for each other, so a run with two threads
+    beside another busy process collapses (measured 2x to 16x slower, README: Execution), while a
+    one-thread run only loses the small gain a tiny model gets from a second thread on an idle
+    machine. ``--threads`` still sets it. GPU: several runs share the device (a tiny model leaves it
+    mostly idle), bounded by the cores that feed them, which they share.
     """
     cores = cpu_count()
     n = max(1, n_runs)
@@ -60,7 +63,7 @@ def plan_parallelism(n_runs: int, jobs: int | None, threads: int | None, gpu: bo
         jobs = min(n, cores, 4) if gpu else min(n, cores)
     jobs = max(1, min(jobs, n))
     if threads is None:
-        threads = max(1, cores // jobs)
+        threads = max(1, cores // jobs) if gpu else 1
     return jobs, threads
 
 

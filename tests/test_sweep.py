@@ -176,3 +176,14 @@ def test_result_files_get_the_permissions_a_plain_write_would(tmp_path):
         assert stat.S_IMODE((tmp_path / "x.md").stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_a_lone_cpu_run_never_takes_the_spare_cores():
+    """Issue 21: the last run of a sweep got cores // jobs threads and collapsed beside a busy
+    process (intra-op threads busy-wait). On CPU every run gets one thread unless --threads says."""
+    from normbench.executors import cpu_count, plan_parallelism
+
+    assert plan_parallelism(1, None, None, gpu=False) == (1, 1)
+    assert plan_parallelism(100, None, None, gpu=False) == (cpu_count(), 1)
+    assert plan_parallelism(1, None, 2, gpu=False) == (1, 2)  # asked for: given
+    assert plan_parallelism(1, None, None, gpu=True)[1] == cpu_count()  # a GPU run's feeder keeps them
