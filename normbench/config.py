@@ -343,8 +343,9 @@ def from_dict(raw: Any) -> RunConfig:
         if k in raw:
             with problems.check():
                 top[k] = coerce(k, raw[k], hints[k], _fields(RunConfig)[k].metadata)
-    sections = {s: _section(cls, raw.get(s), s, problems) for s, cls in SECTIONS.items()}
-    problems.raise_any()
+    sections = {s: _section(cls, raw.get(s), s, problems) or cls() for s, cls in SECTIONS.items()}
+    # go on with the valid keys (a mistaken one at its default), so that the rules between keys are
+    # checked in the same pass: every mistake at once, not in rounds
     cfg = RunConfig(**sections, **top)
     # keys a configuration does not use are reset, so they cannot make otherwise equal runs look different
     m, unused = cfg.model, {}
@@ -357,7 +358,9 @@ def from_dict(raw: Any) -> RunConfig:
     if not (m.norm.startswith("dyt") or (m.qk_norm and m.qk_norm_type.startswith("dyt"))):
         unused["dyt_alpha"], unused["dyt_alpha_ffn"] = _fields(ModelConfig)["dyt_alpha"].default, None
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **unused))
-    check(cfg)
+    with problems.check():
+        check(cfg)
+    problems.raise_any()
     return cfg
 
 

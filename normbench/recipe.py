@@ -225,14 +225,15 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
     if "sweep.seeds" in sets:
         with problems.check():
             seeds = _seeds(sets["sweep.seeds"], "--set sweep.seeds", axes, zipped)
+    skip = set()
     try:
         _resolve_path(base, base_dir, "base.data.path")
-    except NormbenchError as e:  # every run would fail on it again
+    except NormbenchError as e:  # reported once here; the runs go on without it, for their own mistakes
         problems.add(e)
-        problems.raise_any()
+        base["data"].pop("path")
+        skip.add("data.path")
     # go on with what is valid: the runs' own mistakes are reported with those found so far
-
-    runs = _expand(base, axes, zipped, seeds, base_dir, flagged, problems)
+    runs = _expand(base, axes, zipped, seeds, base_dir, flagged, problems, skip)
     claims = []
     with problems.check():
         from .claims import parse_claims
@@ -245,9 +246,11 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
     return Recipe(name=name, description=description, runs=runs, varied=varied, claims=claims)
 
 
-def _expand(base: dict, axes: dict, zipped: dict, seeds, base_dir: Path, flagged: set, problems: Problems) -> list:
+def _expand(base: dict, axes: dict, zipped: dict, seeds, base_dir: Path, flagged: set, problems: Problems,
+            skip: set = frozenset()) -> list:
     """The sweep's runs (grid x zip rows x seeds), each validated; a mistake shared by many runs is
-    reported once, with how many runs it is in and the first of them."""
+    reported once, with how many runs it is in and the first of them. Mistakes of the keys in
+    ``skip`` were reported already (a missing file)."""
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     seed_list = [{"seed": s} for s in seeds] if seeds is not None else [{}]
     runs, seen = [], set()
@@ -269,6 +272,8 @@ def _expand(base: dict, axes: dict, zipped: dict, seeds, base_dir: Path, flagged
                     cfg = from_dict(run_raw)
                 except NormbenchError as e:
                     for err in getattr(e, "errors", None) or [e]:
+                        if err.key in skip:
+                            continue
                         entry = failed.setdefault((err.key, err.message), [err, 0, index, _label(values)])
                         entry[1] += 1
                     if len(failed) >= MAX_PROBLEMS:

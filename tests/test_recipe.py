@@ -3,6 +3,8 @@ import yaml
 
 from normbench.errors import NormbenchError
 from normbench.recipe import load_recipe
+from typer.testing import CliRunner
+from normbench.cli import app
 
 
 def write(tmp_path, obj, name="r.yaml"):
@@ -228,3 +230,32 @@ def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
     (text,) = recipe_warnings(rec)
     assert "train.warmup_steps=100 > train.steps=50" in text and "50% of train.lr" in text
     assert recipe_warnings(load_recipe({"name": "w", "base": {"train": {"steps": 100, "warmup_steps": 100}}})) == []
+
+
+@pytest.mark.parametrize("base,keys", [
+    ({"train": {"stpes": 100}, "data": {"task": "text", "path": "nothere.txt"}}, {"train.stpes", "base.data.path"}),
+    ({"model": {"heads": 3, "d_model": 64}, "train": {"steps": 0}}, {"train.steps", "model.heads"}),
+])
+def test_mistakes_of_every_stage_come_in_one_round(tmp_path, base, keys):
+    """Issue 21: a missing file hid every error under base:, and a bad value hid the rules between keys."""
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "r", "base": base}))
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p)
+    got = {err.key for err in getattr(e.value, "errors", None) or [e.value]}
+    assert keys <= got, got
+
+
+def test_ten_mistakes_take_one_round(tmp_path):
+    raw = {"name": "bad/name", "colour": 1,
+           "base": {"model": {"heads": 3, "d_model": 64, "nrom": "x"}, "train": {"steps": 0, "lr": "fast"},
+                    "data": {"task": "text", "path": "missing.txt"}},
+           "sweep": {"grid": {"model.layers": [2, 2]}, "seeds": -1, "zpi": {}},
+           "claims": [{"source": "s"}]}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["validate", str(p)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    for key in ("name", "colour", "model.nrom", "train.steps", "train.lr", "model.heads", "base.data.path",
+                "sweep.zpi", "sweep.seeds", "sweep.grid.model.layers", "claims[0]"):
+        assert f": {key}" in res.stderr or f" {key}:" in res.stderr or key in res.stderr, (key, res.stderr)
