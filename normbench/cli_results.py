@@ -191,13 +191,9 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
     try:
         extra = _figure_formats(formats)
         c = _compare([results], by, metric, filter_, pool)
-        import shlex
+        from .report import regenerate_command
 
-        command = shlex.join(["normbench", "report", str(results)]
-                             + (["--by", by] if by else []) + (["--metric", metric] if metric != "final_val_loss" else [])
-                             + [a for f in filter_ or [] for a in ("--filter", f)] + (["--pool"] if pool else [])
-                             + (["--formats", formats] if formats else []))
-        path = _write_report(write_report, c, results, command, extra)
+        path = _write_report(write_report, c, results, regenerate_command(c, results, extra), extra)
     except NormbenchError as e:
         fail(e)
     parts = c.per_recipe()

@@ -97,6 +97,7 @@ class Comparison:
     metrics_chosen: bool = False  # the metrics were given, not the defaults
     recipe: str | None = None  # set on the parts per_recipe() returns
     unfiltered: pd.DataFrame | None = None  # the finished runs before --filter: their factors name the rows
+    request: dict = field(default_factory=dict)  # how compare() was called: paths, by, metric, filters, pool
     _parts: list | None = field(default=None, repr=False, compare=False)
 
     def per_recipe(self) -> list[Comparison]:
@@ -483,6 +484,8 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
     c = _build(done, crashed, by, metric, metrics, notes, sources)
     c.auto_by, c.metrics_chosen = auto_by, chosen
     c.unfiltered = everything if filters else None
+    c.request = {"paths": [str(p) for p in paths], "by": None if auto_by else list(by), "metric": metric,
+                 "filters": list(filters or []), "pool": pool}
     return c
 
 

@@ -69,8 +69,15 @@ def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    fmt = path.suffix.lstrip(".") or "png"
+    # no timestamps in the files (pdf and svg embed one by default): a figure that did not change
+    # is byte-identical, and is then left as it is (a regenerated report leaves a clone clean)
+    meta = {"png": {"Software": None}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=fmt, metadata=meta)
+    if path.exists() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -15,7 +15,6 @@ applies) are removed.
 """
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from . import __version__, plots, store
@@ -34,7 +33,7 @@ def write_report(c: Comparison, out_dir: str | Path, command: str | None = None,
     When ``c`` spans several recipes with detected factors (``c.per_recipe()`` splits it), each
     recipe gets its own report in its folder and ``out_dir/report.md`` is an index of them."""
     out_dir = Path(out_dir)
-    command = command or f"normbench report {out_dir}"
+    command = command or regenerate_command(c, out_dir, formats)
     parts = c.per_recipe()
     if len(parts) == 1:
         return _write_one(c, out_dir, command, formats)
@@ -47,8 +46,28 @@ def write_report(c: Comparison, out_dir: str | Path, command: str | None = None,
         for fmt in FORMATS:
             (out_dir / FIGURES / f"{name}.{fmt}").unlink(missing_ok=True)
     path = out_dir / "report.md"
-    store.write_atomic(path, render_index(c, written, out_dir, command))
+    store.write_if_changed(path, render_index(c, written, out_dir, command))
     return path
+
+
+def regenerate_command(c: Comparison, out_dir: Path, formats=()) -> str:
+    """How to write this report again: the `normbench report` line where the report lives in the one
+    results folder compared, with the grouping, metric and filters it was made with; else the
+    Python call (the CLI writes a report only into the folder it reads)."""
+    import shlex
+
+    req = c.request or {"paths": c.sources, "by": None, "metric": c.metric, "filters": [], "pool": False}
+    by = ",".join(req["by"]) if req["by"] else None
+    if len(req["paths"]) == 1 and Path(req["paths"][0]).resolve() == Path(out_dir).resolve():
+        return shlex.join(["normbench", "report", str(out_dir)] + (["--by", by] if by else [])
+                          + (["--metric", req["metric"]] if req["metric"] != "final_val_loss" else [])
+                          + [a for f in req["filters"] for a in ("--filter", f)] + (["--pool"] if req["pool"] else [])
+                          + (["--formats", ",".join(["png", *formats])] if formats else []))
+    args = [repr(req["paths"])] + [f"{k}={req[k]!r}" for k, default in
+                                   (("by", None), ("metric", "final_val_loss"), ("filters", []), ("pool", False))
+                                   if req[k] != default]
+    fmt = f", formats={list(formats)!r}" if formats else ""
+    return f"normbench.write_report(normbench.compare_results({', '.join(args)}), {str(out_dir)!r}{fmt})"
 
 
 def report_home(part: Comparison, out_dir: Path) -> Path:
@@ -77,7 +96,7 @@ def render_index(c: Comparison, written: list, out_dir: Path, command: str) -> s
     lines = [f"# normbench report: {out_dir.name}", "",
              f"{len(c.runs)} finished runs of {len(written)} recipes under `{out_dir}`, one report per recipe "
              "(each ranks its own configurations: losses of different tasks and set-ups do not compare). "
-             f"Written {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by normbench {__version__}; "
+             f"Written by normbench {__version__}; "
              f"regenerate with `{command}`.", ""]
     if c.notes:
         lines += ["**Notes**", ""] + [f"- {n}" for n in c.notes] + [""]
@@ -101,7 +120,7 @@ def _write_one(c: Comparison, out_dir: Path, command: str, formats=()) -> Path:
                 DRAW[name](c, fig_dir / f"{name}.{fmt}", palette)
     text = render(c, {k: f"{FIGURES}/{v.name}" for k, v in figs.items() if v is not None}, out_dir, command)
     path = out_dir / "report.md"
-    store.write_atomic(path, text)
+    store.write_if_changed(path, text)
     return path
 
 
@@ -143,7 +162,7 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
              f"{len(c.runs)} finished runs ({n_div} diverged{', ' + str(len(c.crashed)) + ' crashed' if len(c.crashed) else ''}) "
              f"from {', '.join(f'`{s}`' for s in c.sources)}, grouped by "
              f"{', '.join(f'`{b}`' for b in c.by) or 'nothing (one configuration)'}. "
-             f"Written {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by normbench {__version__}; "
+             f"Written by normbench {__version__}; "
              f"regenerate with `{command}`.", ""]
     if c.notes:
         lines += ["**Notes**", ""] + [f"- {n}" for n in c.notes] + [""]

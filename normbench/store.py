@@ -68,6 +68,19 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_if_changed(path: Path, text: str) -> bool:
+    """``write_atomic`` unless the file already holds exactly ``text`` (a regenerated report that
+    did not change leaves a clone clean). True when written."""
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, text)
+    return True
+
+
 def status(run_dir: Path) -> str:
     """completed | diverged | crashed | incomplete | missing."""
     run_dir = Path(run_dir)

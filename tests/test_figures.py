@@ -1,5 +1,7 @@
 """Figures group as the table does and n counts seeds (the quickstart's shape: one seed at two
 warmups per placement)."""
+from pathlib import Path
+
 import pytest
 
 import normbench
@@ -34,3 +36,31 @@ def test_the_init_gradient_profile_merges_training_keys_and_counts_seeds(quick):
     assert all(n == 1 for _, _, n, _ in lines)
     path = plots.grad_norm_init(quick, quick.sources[0] + "/g.png")
     assert path.exists()
+
+
+def test_the_api_report_names_its_own_grouping_and_leaves_the_folder_alone(quick, tmp_path):
+    """Issue 21: the README's API example overwrote the Quick start's report, and its header gave a
+    command that makes a different report."""
+    src = quick.sources[0]
+    c = normbench.compare_results([src], by="model.placement", filters=["train.warmup_steps=0"])
+    dest = tmp_path / "by_placement"
+    path = normbench.write_report(c, dest)
+    assert path == dest / "report.md" and not (Path(src) / "report.md").exists()
+    text = path.read_text()
+    assert ("normbench.write_report(normbench.compare_results(" in text and "by=['model.placement']" in text
+            and "filters=['train.warmup_steps=0']" in text)
+    # in the folder it compares: the CLI line, with the same grouping and filter
+    path = normbench.write_report(c, src)
+    assert "`normbench report " in path.read_text() and "--by model.placement --filter train.warmup_steps=0" \
+        in path.read_text()
+
+
+def test_a_regenerated_report_that_did_not_change_is_not_rewritten(quick, tmp_path):
+    import os
+
+    dest = tmp_path / "again"
+    normbench.write_report(quick, dest)
+    files = sorted(p for p in dest.rglob("*") if p.is_file())
+    before = {p: os.stat(p).st_mtime_ns for p in files}
+    normbench.write_report(quick, dest)
+    assert {p: os.stat(p).st_mtime_ns for p in files} == before
