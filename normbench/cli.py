@@ -4,6 +4,7 @@ torch is imported only by commands that train, so ``--help`` and ``list`` are in
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
@@ -115,26 +116,48 @@ RESULT_COLUMNS = {"run_id": "run", "status": "status", "final_val_loss": "final 
                   "max_attn_logit": "max logit", "tokens_per_s": "tok/s"}
 
 
-def _results_table(df, varied: list[str], name: str = "") -> Table:
-    table = Table(title=f"results{': ' + name if name else ''}", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+def fit_columns(build, cols: list, keep: set, width: int) -> tuple[Table, list]:
+    """The table ``build(cols)`` with columns left out from the right, except those in ``keep``, until
+    it renders within ``width``: a column that names a row is never cut. Returns it and the left out."""
+    probe = Console(width=100_000, file=io.StringIO())
+
+    def rendered(table: Table) -> int:
+        with probe.capture() as cap:
+            probe.print(table)
+        return max((len(line.rstrip()) for line in cap.get().splitlines() if line.strip()), default=0)
+
+    cols, dropped = list(cols), []
+    while (need := rendered(build(cols))) > width:
+        optional = [c for c in cols if c not in keep]
+        if not optional:  # the naming columns alone are wider: printed at their width, never cut
+            break
+        cols.remove(optional[-1])
+        dropped.insert(0, optional[-1])
+    build.needed = need
+    return build(cols), dropped
+
+
+def _results_table(df, varied: list[str], name: str = "", width: int | None = None) -> tuple[Table, list]:
+    """The end-of-run table: run id, the swept keys and status are never cut (compare's rule); metric
+    columns are left out from the right to fit the width, and named."""
+    from .compare import fmt_value  # (compare first: it re-exports tables, which imports it)
+
     cols = [c for c in ["run_id", *varied, *list(RESULT_COLUMNS)[1:]] if c in df.columns]
-    for c in cols:
-        table.add_column(RESULT_COLUMNS.get(c, c.split(".")[-1]), no_wrap=True, min_width=5,
-                         justify="left" if c in ("run_id", "status") else "right")
-    for _, row in df.iterrows():
-        table.add_row(*[_fmt(row[c]) for c in cols])
-    return table
 
+    def build(shown):
+        table = Table(title=f"results{': ' + name if name else ''}", title_justify="left", box=box.SIMPLE_HEAD,
+                      pad_edge=False)
+        for c in shown:
+            table.add_column(RESULT_COLUMNS.get(c, c.split(".")[-1]), no_wrap=True,
+                             justify="left" if c in ("run_id", "status") else "right")
+        for _, row in df.iterrows():
+            table.add_row(*[fmt_value(row[c]) for c in shown])
+        return table
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if v != v:  # NaN: not applicable
-            return "-"
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-    return str(v)
+    width = width or table_width()
+    table, dropped = fit_columns(build, cols, {"run_id", "status", *varied}, width)
+    table.width_needed = max(width, build.needed)
+    return table, [RESULT_COLUMNS.get(c, c) for c in dropped]
 
 
 @app.command()
@@ -215,7 +238,11 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
             ids = [r.run_id for r in rec.runs]
             df = df[df["run_id"].isin(ids)]
             df = df.assign(_order=df["run_id"].map({rid: i for i, rid in enumerate(ids)})).sort_values("_order")
-            out_console.print(_results_table(df, [k for k in rec.varied if k in df.columns], rec.name))
+            table, dropped = _results_table(df, [k for k in rec.varied if k in df.columns], rec.name)
+            out_console.print(table, width=table.width_needed)  # fitted already: never folded or cut
+            if dropped:
+                out_console.print(f"note: left out for width: {', '.join(dropped)} (a wider terminal, or "
+                                  "normbench compare)", markup=False)
         code = max(code, outcome.exit_code)
         if code and fail_fast:
             break

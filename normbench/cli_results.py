@@ -47,10 +47,9 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
     header, rows = display_rows(c)
     fixed = len(c.by) + 3  # factors, n, diverged, vs best
     keep_always = set(range(fixed)) | {fixed + c.metrics.index(c.metric)}
-    cols = list(range(len(header)))
-    probe = Console(width=100_000, file=io.StringIO())
+    from .cli import fit_columns
 
-    def build(cols: list[int], caption: bool) -> Table:
+    def build(cols: list[int], caption: bool = False) -> Table:
         what = f"compare {c.recipe}" if c.recipe else "compare"
         table = Table(title=f"{what}: {len(c.runs)} runs, grouped by {', '.join(c.by) or 'nothing'}",
                       title_justify="left", caption=legend(c) if caption else None, caption_justify="left",
@@ -62,19 +61,9 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
                           ("red" if r[len(c.by) + 1].split("/")[0] == r[len(c.by)] else None))
         return table
 
-    def rendered_width(table: Table) -> int:
-        with probe.capture() as cap:
-            probe.print(table)
-        return max(len(line.rstrip()) for line in cap.get().splitlines() if line.strip())
-
-    dropped = []
-    while rendered_width(build(cols, False)) > width:
-        optional = [i for i in cols if i not in keep_always]
-        if not optional:
-            break
-        cols.remove(optional[-1])
-        dropped.insert(0, header[optional[-1]])
-    return build(cols, True), dropped
+    _, dropped = fit_columns(build, list(range(len(header))), keep_always, width)
+    cols = [i for i in range(len(header)) if i not in dropped]
+    return build(cols, True), [header[i] for i in dropped]
 
 
 def _rich_sensitivity(c) -> Table:

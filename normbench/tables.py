@@ -41,6 +41,10 @@ def fmt_value(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if abs(v) >= 1e7:  # 77,138,552,160,256 reads as noise: 7.714e+13
+            return f"{v:.{digits}g}"
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
     return str(v)
 

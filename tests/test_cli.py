@@ -176,3 +176,26 @@ def test_several_mistakes_are_one_line_each_exit_2(tmp_path):
     assert res.exit_code == 2 and len(lines) == 3 and all(ln.startswith(f"normbench: error: {p}: ") for ln in lines)
     assert {ln.split(": ")[3] for ln in lines} == {"model.layers", "model.nrom", "train.lr"}
     assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_the_table_at_the_end_of_run_never_cuts_a_name(tmp_path, columns, monkeypatch):
+    """Issue 21: `run`'s table cut headers and values at 80 and 120 columns (placeme…, 6a99b…)."""
+    monkeypatch.setenv("COLUMNS", columns)
+    recipe = {"name": "w", "base": tiny(train={"steps": 2, "eval_every": 2}),
+              "sweep": {"grid": {"model.placement": ["pre", "sandwich"], "train.warmup_steps": [0, 1]}}}
+    p = tmp_path / "w.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output
+    ids = [d.name for d in (tmp_path / "r" / "w").iterdir() if d.is_dir()]
+    assert all(i in res.output for i in ids) and "sandwich" in res.output and "placement" in res.output
+    if columns == "80":
+        assert "left out for width" in res.output
+
+
+def test_huge_values_print_in_scientific_notation():
+    from normbench.compare import fmt_value
+
+    assert fmt_value(77138552160256.0) == "7.714e+13" and fmt_value(1234.5) == "1,234"
