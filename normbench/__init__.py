@@ -9,6 +9,10 @@ __all__ = ["run_recipe", "load_results", "load_curves", "train", "load_recipe", 
            "register_norm", "load_plugin", "claims_ledger", "__version__"]
 
 
+def __dir__():  # the lazy names too, for tab completion and dir(normbench)
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name):
     if name == "run_recipe":
         from .sweep import run_recipe

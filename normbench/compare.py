@@ -212,10 +212,15 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
                 if row is None:  # incomplete: still running, interrupted, or never started
                     unfinished.append(run_dir.name)
                     continue
-                if row["run_id"] in seen:  # the same config (and seed) twice: count it once
-                    dups.append(row["run_id"])
+                if row["run_id"] in seen:  # the same config (and seed) twice: count it once, say if they differ
+                    first = seen[row["run_id"]]
+                    diff = [m for m in ("final_val_loss", "best_val_loss", "max_grad_norm", "max_attn_logit",
+                                        "diverged", "status")
+                            if plain(first.get(m)) != plain(row.get(m))]
+                    dups.append(row["run_id"] + (f" (differs: {', '.join(f'{m} {plain(first.get(m))} vs {plain(row.get(m))}' for m in diff)}; "
+                                                  f"used {first['path']})" if diff else ""))
                     continue
-                seen[row["run_id"]] = d
+                seen[row["run_id"]] = row
                 row["path"] = str(run_dir)
                 if row["status"] in store.DONE:  # the curves the index leaves out, for the figures
                     summary = json.loads((run_dir / store.SUMMARY).read_text())
@@ -229,7 +234,7 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
                              f"`normbench run` resumes them): {', '.join(unfinished)}")
             if dups:
                 notes.append(f"{d}: {_count(dups, 'run')} skipped as already read from another folder "
-                             f"(same run id): {', '.join(dups)}")
+                             f"(same run id; the first folder read is used): {', '.join(dups)}")
     runs = pd.DataFrame(rows)
     if not runs.empty:
         crashed = runs[runs["status"] == "crashed"]

@@ -91,6 +91,10 @@ class RayExecutor:
 
     def open(self) -> None:
         self.ray = self.connect()
+        # at most as many in flight as the cluster can run at once, so the start line says what happens
+        cpus = self.ray.cluster_resources().get("CPU", 0)
+        if cpus and self.cpus_per_run:
+            self.jobs = max(1, min(self.jobs, int(cpus // self.cpus_per_run)))
 
     def connect(self):
         ray = import_ray()

@@ -138,6 +138,7 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
         engine = make_executor(executor, jobs, threads, plugins=plugins, **options)
         if plan.todo:
             engine.open()  # before any folder is touched: an unreachable cluster leaves nothing half-written
+            jobs = outcome.jobs = engine.jobs  # a cluster may run fewer at once than asked
         if recipe.claims and recipe.claims_ids is None:  # as written: `normbench claims RESULTS` reads them here
             write_claims(recipe, plan.recipe_dir)
         for r in plan.todo:
@@ -210,7 +211,8 @@ def executor_options(executor: str, address: str | None, cpus_per_run: float, gp
                                                ("--gpus-per-run", gpus_per_run, 0), ("--retries", retries, 0))
                  if v != default]
         if given:
-            raise NormbenchError(f"{', '.join(given)} only apply to --executor ray", key=given[0])
+            raise NormbenchError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only to --executor ray",
+                                 key=given[0])
         return {}
     if cpus_per_run <= 0 or gpus_per_run < 0 or retries < 0:
         raise NormbenchError("expected --cpus-per-run > 0, --gpus-per-run >= 0 and --retries >= 0",

@@ -199,3 +199,9 @@ def test_huge_values_print_in_scientific_notation():
     from normbench.compare import fmt_value
 
     assert fmt_value(77138552160256.0) == "7.714e+13" and fmt_value(1234.5) == "1,234"
+
+
+def test_dir_lists_the_lazy_api():
+    import normbench
+
+    assert {"run_recipe", "compare_results", "claims_ledger", "train"} <= set(dir(normbench))

@@ -448,3 +448,21 @@ def test_report_writes_pdf_and_svg_on_request(sweep, tmp_path):
     assert res.exit_code == 0 and not (out / "figures" / "curves.pdf").exists()
     res = runner.invoke(app, ["report", str(out), "--formats", "gif"])
     assert res.exit_code == 2 and "--formats: expected png, pdf or svg" in res.stderr
+
+
+def test_the_same_run_id_in_two_folders_is_said_and_a_difference_named(sweep, tmp_path):
+    """Issue 21: a copy of a run in another folder with other numbers was merged silently."""
+    import shutil
+
+    out, _ = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    run = next(p for p in (copy / "lrs").iterdir() if (p / "summary.json").exists()
+               and not json.loads((p / "summary.json").read_text())["diverged"])
+    summary = json.loads((run / "summary.json").read_text())
+    summary["max_grad_norm"] = 39.5
+    (run / "summary.json").write_text(json.dumps(summary))
+    c = compare([out, copy], pool=True)
+    note = next(n for n in c.notes if "skipped as already read" in n)
+    assert f"{run.name} (differs: max_grad_norm" in note and "vs 39.5" in note and str(out) in note
+    assert len(c.runs) == len(compare([out]).runs)  # counted once
