@@ -218,7 +218,9 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
         problems.add(NormbenchError(f"expected a mapping, got {type(base).__name__}", key="base"))
         base = {}
     base = copy.deepcopy(base)
+    before = len(problems.errors)
     axes, zipped, seeds = _sweep(raw.get("sweep"), problems)
+    sweep_broken = len(problems.errors) > before
     flagged = _apply_sets(sets, base, axes, zipped, problems)
     if "seed" in flagged and "sweep.seeds" not in sets:
         seeds = None
@@ -233,6 +235,18 @@ def _build(raw: Any, sets: dict, base_dir: Path, default_name: str) -> Recipe:
         base["data"].pop("path")
         skip.add("data.path")
     # go on with what is valid: the runs' own mistakes are reported with those found so far
+    if sweep_broken:  # the recipe is refused anyway: check each swept value once, not the whole product
+        # (a million-run grid with one repeated value is refused at once)
+        axes = {k: [[v] for v in vs] for k, vs in axes.items()}
+        for k, vs in axes.items():
+            for v in vs:
+                _expand(base, {k: v}, {}, None, base_dir, flagged, problems, skip)
+        _expand(base, {}, {k: v[:1] for k, v in zipped.items()}, None, base_dir, flagged, problems, skip)
+        with problems.check():
+            from .claims import parse_claims
+
+            parse_claims(raw.get("claims"))
+        problems.raise_any()
     runs = _expand(base, axes, zipped, seeds, base_dir, flagged, problems, skip)
     claims = []
     with problems.check():
@@ -365,7 +379,14 @@ def _sweep(raw: Any, problems: Problems) -> tuple[dict, dict, list[int] | None]:
                 if not isinstance(vs, list) or not vs:
                     raise NormbenchError(f"expected a non-empty list of values, got {vs!r}", key=where)
                 if section == "grid" and len({repr(v) for v in vs}) != len(vs):  # zip rows may share values
-                    raise NormbenchError(f"repeated value in {vs!r}", key=where)
+                    seen, dup = set(), None
+                    for v in vs:
+                        if repr(v) in seen:
+                            dup = v
+                            break
+                        seen.add(repr(v))
+                    shown = f"{vs!r}" if len(vs) <= 8 else f"its list of {len(vs)} values"
+                    raise NormbenchError(f"repeated value {dup!r} in {shown}", key=where)
                 out[str(k)] = vs
     both = set(axes) & set(zipped)
     if both:

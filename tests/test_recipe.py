@@ -259,3 +259,20 @@ def test_ten_mistakes_take_one_round(tmp_path):
     for key in ("name", "colour", "model.nrom", "train.steps", "train.lr", "model.heads", "base.data.path",
                 "sweep.zpi", "sweep.seeds", "sweep.grid.model.layers", "claims[0]"):
         assert f": {key}" in res.stderr or f" {key}:" in res.stderr or key in res.stderr, (key, res.stderr)
+
+
+def test_a_huge_broken_sweep_is_refused_at_once_with_the_repeated_value_only(tmp_path):
+    """Issue 21: a million-run recipe whose only fault was a repeated value took 23 s to refuse."""
+    import time
+
+    grid = {f"model.{k}": list(range(1, 11)) for k in ("layers", "d_ff", "heads")}
+    grid["train.steps"] = list(range(1, 1000)) + [5]
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "r", "base": {"train": {"stpes": 1}}, "sweep": {"grid": grid}}))
+    t0 = time.perf_counter()
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p)
+    assert time.perf_counter() - t0 < 5
+    errs = {err.key: err.message for err in getattr(e.value, "errors", None) or [e.value]}
+    assert errs["sweep.grid.train.steps"] == "repeated value 5 in its list of 1000 values"
+    assert "train.stpes" in errs  # the base's mistakes in the same round
