@@ -30,8 +30,13 @@ def _result_text(status: str, run_dir) -> str:
     from . import store
     import json
 
-    if status == "crashed":
-        return f"crashed: see {run_dir / store.ERROR}"
+    if status == "crashed":  # the exception's last line, as compare gives it; the traceback stays in the file
+        try:
+            lines = (run_dir / store.ERROR).read_text().strip().splitlines()
+        except OSError:
+            lines = []
+        reason = lines[-1][:200] if lines else "no reason recorded"
+        return f"crashed: {reason} (traceback: {run_dir / store.ERROR})"
     s = json.loads((run_dir / store.SUMMARY).read_text())
     if status == "diverged":
         return f"diverged at step {s['diverged_step']} ({s['divergence_reason']})"

@@ -332,6 +332,10 @@ def _apply_sets(sets: dict, base: dict, axes: dict, zipped: dict, problems: Prob
             if k in zipped:
                 raise NormbenchError("is varied together with other keys by sweep.zip; edit the recipe instead",
                                      key=f"--set {k}")
+            if isinstance(v, list):  # a list for one key: the user meant to sweep it
+                shown = ", ".join(map(str, v))
+                raise NormbenchError(f"takes one value; to sweep it: --set 'sweep.grid.{k}=[{shown}]'",
+                                     key=f"--set {k}")
             axes.pop(k, None)
             if k == "data.path" and isinstance(v, str):  # typed on the command line: relative to here
                 path = (Path.cwd() / v).resolve()

@@ -101,7 +101,33 @@ def load_plugin(path: str | Path) -> PluginFile:
         raise NormbenchError("no such plugin file", key="--plugin", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise NormbenchError(f"cannot read the plugin: {e}", key="--plugin", file=str(path)) from None
-    return load_plugin_source(str(path.resolve()), text)
+    plugin = load_plugin_source(str(path.resolve()), text)
+    check_plugin_norms(plugin)
+    return plugin
+
+
+def check_plugin_norms(plugin: PluginFile, d: int = 8) -> None:
+    """Build each norm of ``plugin`` and run it on a (2, 3, d) tensor, with and without a padding
+    mask: a wrong output shape, or an error, is one line naming the norm now, not a shape error
+    deep in torch in the middle of a sweep."""
+    import torch
+
+    from .norms import Plugin
+
+    for name, entry in _NORMS.items():
+        if entry.plugin != plugin:
+            continue
+        x, mask = torch.randn(2, 3, d), torch.tensor([[True, True, False], [True, True, True]])
+        try:
+            module = Plugin(entry.factory(d))
+            for m in (None, mask):
+                y = module(x, m)
+                if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+                    got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                    raise ValueError(f"maps a (2, 3, {d}) input to {got}; a norm must keep the shape (B, T, d)")
+        except Exception as e:  # noqa: BLE001 - the user's code: one line
+            raise NormbenchError(f"norm {name!r} fails on a (2, 3, {d}) test input: {type(e).__name__}: {e}",
+                                 key="--plugin", file=plugin.path) from None
 
 
 def load_plugin_source(path: str, text: str) -> PluginFile:

@@ -205,3 +205,12 @@ def test_dir_lists_the_lazy_api():
     import normbench
 
     assert {"run_recipe", "compare_results", "claims_ledger", "train"} <= set(dir(normbench))
+
+
+def test_a_crashed_runs_reason_is_printed_by_run(tmp_path):
+    from conftest import ALLOC_ERROR, TOO_BIG_D_FF
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"name": "c", "base": tiny(model={"d_ff": TOO_BIG_D_FF})}))
+    res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 1 and f"crashed: " in res.output and ALLOC_ERROR in res.output

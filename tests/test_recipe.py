@@ -276,3 +276,22 @@ def test_a_huge_broken_sweep_is_refused_at_once_with_the_repeated_value_only(tmp
     errs = {err.key: err.message for err in getattr(e.value, "errors", None) or [e.value]}
     assert errs["sweep.grid.train.steps"] == "repeated value 5 in its list of 1000 values"
     assert "train.stpes" in errs  # the base's mistakes in the same round
+
+
+def test_a_list_for_one_key_suggests_the_sweep(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "r", "base": {}}))
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p, ["model.norm=[rmsnorm,dyt]"])
+    assert e.value.key == "--set model.norm" and "--set 'sweep.grid.model.norm=[rmsnorm, dyt]'" in e.value.message
+    assert [r.cfg.model.norm for r in load_recipe(p, ["sweep.grid.model.norm=[rmsnorm, dyt]"]).runs] == \
+        ["rmsnorm", "dyt"]
+
+
+def test_overriding_one_arm_of_a_recipe_with_claims_is_not_refused(tmp_path):
+    """Issue 21: --set model.norm=rmsnorm on a recipe with claims about dyt was refused with three errors."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    rec = load_recipe(root / "recipes/literature/rmsnorm_vs_layernorm.yaml", ["model.norm=rmsnorm"])
+    assert {r.cfg.model.norm for r in rec.runs} == {"rmsnorm"} and rec.claims_ids  # judged as written

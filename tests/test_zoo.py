@@ -291,3 +291,16 @@ def test_pathological_yaml_is_refused_in_one_line(tmp_path):
     shallow = tmp_path / "anchors.yaml"  # ordinary anchors and aliases still work
     shallow.write_text("name: a\nbase:\n  model: &m {layers: 2}\nsweep:\n  grid:\n    model.layers: [2, 3]\n")
     assert len(load_recipe(shallow).runs) == 2
+
+
+def test_a_plugin_norm_with_the_wrong_shape_is_one_line_at_validation(tmp_path):
+    """Issue 21: it failed deep in torch (mat1 and mat2 shapes cannot be multiplied) mid-run."""
+    plugin = tmp_path / "bad.py"
+    plugin.write_text("import torch\nimport normbench\n\n"
+                      "class Sum(torch.nn.Module):\n    def forward(self, x):\n        return x.sum(-1)\n\n"
+                      "normbench.register_norm('sumnorm', lambda d: Sum())\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "base": tiny(model={"norm": "sumnorm"})}))
+    res = cli("validate", str(recipe), "--plugin", str(plugin))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "norm 'sumnorm' fails on a (2, 3, 8) test input" in res.stderr and "to (2, 3)" in res.stderr
