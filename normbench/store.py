@@ -158,6 +158,21 @@ def read_run(run_dir: Path) -> dict | None:
     return row
 
 
+def _config_order(row: dict) -> tuple:
+    """index.csv's order: by configuration (the recipe keys in schema order), then seed; numbers as
+    numbers, so 1e-3 comes before 1e-2."""
+    from .config import all_keys
+
+    def part(v):
+        if isinstance(v, bool) or v is None:
+            return (1, str(v))
+        if isinstance(v, (int, float)):
+            return (0, float(v))
+        return (1, str(v))
+
+    return tuple(part(row.get(k)) for k, *_ in all_keys() if k != "seed") + (part(row.get("seed")),)
+
+
 def scan(recipe_dir: Path) -> list[dict]:
     rows = []
     for run_dir in sorted(p for p in Path(recipe_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -170,7 +185,7 @@ def scan(recipe_dir: Path) -> list[dict]:
 def rebuild_index(recipe_dir: Path) -> Path:
     import pandas as pd
 
-    rows = scan(recipe_dir)
+    rows = sorted(scan(recipe_dir), key=_config_order)
     path = Path(recipe_dir) / INDEX
     write_atomic(path, pd.DataFrame(rows).to_csv(index=False) if rows else "run_id,status\n")
     return path

@@ -187,3 +187,13 @@ def test_a_lone_cpu_run_never_takes_the_spare_cores():
     assert plan_parallelism(100, None, None, gpu=False) == (cpu_count(), 1)
     assert plan_parallelism(1, None, 2, gpu=False) == (1, 2)  # asked for: given
     assert plan_parallelism(1, None, None, gpu=True)[1] == cpu_count()  # a GPU run's feeder keeps them
+
+
+def test_index_rows_come_by_configuration_then_seed(tmp_path):
+    import pandas as pd
+
+    recipe = {"name": "o", "base": tiny(train={"steps": 2, "eval_every": 2}),
+              "sweep": {"grid": {"train.lr": [0.01, 0.001]}, "seeds": [1, 0]}}
+    normbench.run_recipe(recipe, out=tmp_path, jobs=2)
+    idx = pd.read_csv(tmp_path / "o" / "index.csv")
+    assert list(zip(idx["train.lr"], idx["seed"])) == [(0.001, 0), (0.001, 1), (0.01, 0), (0.01, 1)]
