@@ -171,8 +171,10 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
                                            help="Runs at once, each in its own process. Default: one per CPU core "
                                                 "(at most the number of runs); up to 4 on one GPU."),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch threads per run. Default: cores // jobs."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and exit."),
+        threads: Optional[int] = typer.Option(None, min=1, help="torch threads per run. Default: 1 on CPU (runs "
+                                              "x threads never exceed the cores); cores // jobs on a GPU."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and the estimated time "
+                                                             "(calibrated by a few timed steps here), and exit."),
         force: bool = typer.Option(False, "--force", help="Rerun every run, completed ones included."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun runs that crashed."),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first crashed run."),
@@ -246,14 +248,27 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
         code = max(code, outcome.exit_code)
         if code and fail_fast:
             break
+    if dry_run:
+        _print_estimate([r for p in plans for r in p.todo], jobs, threads)
     raise typer.Exit(code)
+
+
+def _print_estimate(todo: list, jobs: int | None, threads: int | None) -> None:
+    """The estimated run time of ``todo`` at the jobs a run would use (``estimate.py``)."""
+    from .estimate import estimate
+    from .executors import plan_parallelism
+
+    if not todo:
+        return
+    est = estimate(todo, plan_parallelism(len(todo), jobs, threads, gpu=False)[0])
+    out_console.print(est.text(), markup=False, soft_wrap=True)
 
 
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_default=False),
              set_: Optional[List[str]] = SetOpt, plugin: Optional[List[Path]] = PluginOpt,
              out: Path = typer.Option(Path("results"), "--out", help="Results folder, to show each run's status.")):
-    """Check a recipe and print its expanded runs (same as run --dry-run)."""
+    """Check a recipe and print its expanded runs and the estimated time (same as run --dry-run)."""
     from .sweep import make_plan, recipe_warnings
 
     try:
@@ -263,6 +278,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_d
     for text in recipe_warnings(plan.recipe):
         err_console.print(f"warning: {text}", markup=False, soft_wrap=True)
     out_console.print(_plan_table(plan))
+    _print_estimate(plan.todo, None, None)
 
 
 # compare, report and claims: the commands that read results (cli_results.py), registered here so
