@@ -169,7 +169,10 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
            pool: bool = PoolOpt,
            formats: Optional[str] = typer.Option(None, "--formats", metavar="png,pdf,svg",
                                                  help="Also write the figures in these formats (comma-separated; "
-                                                      "the report links the PNGs). Default: png only.")):
+                                                      "the report links the PNGs). Default: png only."),
+           panels: str = typer.Option("together", "--panels", help="together, or separate: each training-curve "
+                                      "panel in its own file too (figures/curves_<metric>.png), for slides."),
+           per_seed: bool = typer.Option(False, "--per-seed", help="Draw each seed's curve thin under the mean.")):
     """Write RESULTS/report.md with the comparison table, curves, the per-layer gradient norm at
     initialisation, LR sensitivity (when train.lr varies) and the diverged runs, plus its PNG figures.
 
@@ -182,7 +185,9 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
         c = _compare([results], by, metric, filter_, pool)
         from .report import regenerate_command
 
-        path = _write_report(write_report, c, results, regenerate_command(c, results, extra), extra)
+        command = regenerate_command(c, results, extra) + (f" --panels {panels}" if panels != "together" else "") \
+            + (" --per-seed" if per_seed else "")
+        path = _write_report(write_report, c, results, command, extra, panels=panels, per_seed=per_seed)
     except NormbenchError as e:
         fail(e)
     parts = c.per_recipe()
@@ -207,9 +212,9 @@ def _figure_formats(text: str | None) -> list[str]:
     return [f for f in dict.fromkeys(formats) if f != "png"]
 
 
-def _write_report(write_report, c, results: Path, command: str, formats: list[str]):
+def _write_report(write_report, c, results: Path, command: str, formats: list[str], **options):
     try:
-        return write_report(c, results, command, formats=formats)
+        return write_report(c, results, command, formats=formats, **options)
     except OSError as e:
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 

@@ -17,13 +17,43 @@ from .compare import LR, Comparison, plain, group_label, short_names
 DPI = 120
 
 
+# readable on a slide: the figures are 7 x 4.5 inches a panel
+STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
+         "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 12}
+
+
 def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # headless: no display needed, on a laptop or a cluster node
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     return plt
+
+
+def recipe_title(c: Comparison) -> str:
+    """The recipe(s) a figure shows, for its title."""
+    names = sorted({plain(r) for r in c.runs["recipe"].dropna()}) if "recipe" in c.runs else []
+    return c.recipe or ", ".join(names) or "normbench"
+
+
+def log_ticks(ax, axis: str = "y") -> None:
+    """Log-axis ticks that read as numbers (0.5, 2, 300), with the in-between ticks labelled when the
+    axis spans less than a decade, where matplotlib would label one tick or none."""
+    from matplotlib import ticker
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    plain_fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    target.set_major_formatter(plain_fmt)
+    decades = math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1 if lo > 0 and hi > 0 else 2
+    if decades < 2:  # at most one labelled power of ten in view: label the ticks in between too
+        subs = "all" if hi / lo < 5 else (2, 3, 5) if hi / lo < 30 else (2, 5)
+        target.set_minor_locator(ticker.LogLocator(subs=subs, numticks=12))
+        target.set_minor_formatter(plain_fmt)
+    else:
+        target.set_minor_formatter(ticker.NullFormatter())
 
 
 class Palette:
@@ -124,10 +154,23 @@ PANELS = [
 
 def curves(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path:
     """The training curves (``curves_figure``) written to ``path``."""
-    return _save(curves_figure(c, palette), path)
+    return _save(curves_figure(c, palette, per_seed=getattr(palette, "per_seed", False)), path)
 
 
-def curves_figure(c: Comparison, palette: Palette | None = None):
+def curve_panels(c: Comparison) -> list[str]:
+    """The metrics of the curve panels some run logged (one file each with ``report --panels separate``)."""
+    from .curves import runs_curves
+
+    frame = runs_curves(c.runs, [k for k in c.by if k in c.runs])
+    return [p[0] for p in PANELS if p[0] in frame and frame[p[0]].notna().any()]
+
+
+def curve_panel(c: Comparison, metric: str, path: str | Path, palette: Palette | None = None) -> Path:
+    """One panel of the training curves on its own (with its legend beside it), for a slide."""
+    return _save(curves_figure(c, palette, only=metric, per_seed=getattr(palette, "per_seed", False)), path)
+
+
+def curves_figure(c: Comparison, palette: Palette | None = None, only: str | None = None, per_seed: bool = False):
     """Panels: training loss (running mean), validation loss (seed mean, ±1 std band), global gradient
     norm (log scale: a geometric running mean, and thin the per-step maximum over seeds, so a one-step
     burst shows at its height), the largest attention logit and the model update (log scale), each
@@ -139,6 +182,8 @@ def curves_figure(c: Comparison, palette: Palette | None = None):
     palette = palette or Palette(c)
     frame = runs_curves(c.runs, [k for k in c.by if k in c.runs])
     panels = [p for p in PANELS if p[0] in frame and frame[p[0]].notna().any()] or PANELS[:3]
+    if only is not None:
+        panels = [p for p in PANELS if p[0] == only]
     ncols = 2 if len(panels) <= 4 else 3
     nrows = math.ceil(len(panels) / ncols)
     fig, grid = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4.5 * nrows), squeeze=False)
@@ -161,6 +206,9 @@ def curves_figure(c: Comparison, palette: Palette | None = None):
             if smooth:
                 wide = wide.apply(lambda col: _smooth(col.to_numpy(), window, log))
             mean, lo, hi = _band(wide, log)
+            if per_seed:  # each seed thin, under the mean
+                for col in wide.columns:
+                    ax.plot(wide.index, wide[col], color=color, ls=ls, lw=0.5, alpha=0.5)
             ax.plot(wide.index, mean, color=color, ls=ls, lw=1.6, label=label + n,
                     marker="o" if metric == "val_loss" else None, ms=3)
             if wide.shape[1] > 1:
@@ -192,7 +240,7 @@ def curves_figure(c: Comparison, palette: Palette | None = None):
         elif metric == "grad_norm":
             title = f"{title}\n(seed geometric mean, {smoothing.replace('running mean', 'running geometric mean')}; thin: per-step max)"
         ax.set(title=title, xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
-        ax.title.set_fontsize(9)
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
     fig.tight_layout()  # room for the log axis's tick labels between the panels
     handles, labels = axes[0].get_legend_handles_labels()
@@ -202,13 +250,18 @@ def curves_figure(c: Comparison, palette: Palette | None = None):
     if spare:  # an empty panel holds the legend, so long labels do not widen the figure
         spare[0].set_visible(True)
         spare[0].axis("off")
-        spare[0].legend(handles, [textwrap.fill(t, 60) for t in labels], loc="center", fontsize=8, frameon=False)
+        spare[0].legend(handles, [textwrap.fill(t, 50) for t in labels], loc="center", fontsize=10, frameon=False)
     else:
         row = 0.22 / fig.get_figheight()  # one legend row, in figure coordinates
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8,
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=10,
                    bbox_to_anchor=(0.5, -0.02 - row * math.ceil(len(labels) / 4)), frameon=False)
-    if diverged:
-        fig.suptitle("x marks where a diverged run stopped (its loss clipped to the top of the axis)", fontsize=9, y=1.03)
+    for ax, (metric, *_rest) in zip(axes, panels):
+        if _rest[2]:  # a log panel
+            log_ticks(ax)
+    note = "\nx marks where a diverged run stopped (its loss clipped to the top of the axis)" if diverged else ""
+    what = "one panel" if only is not None else "training curves"
+    seeds = "; thin lines: each seed" if per_seed else ""
+    fig.suptitle(f"{recipe_title(c)}: {what}{seeds}{note}", y=1.03)
     return fig
 
 
@@ -275,35 +328,76 @@ def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = No
         color, ls = palette.style(row, with_lr=False)
         ax.plot(x, y, color=color, ls=ls, marker="o", ms=4, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
     ax.set(xlabel="layer (1 = nearest the input)", ylabel="‖∇W_FFN‖ at step 0 (fc1 and fc2)", yscale="log",
-           title="gradient norm per layer at initialisation")
+           title=f"{recipe_title(c)}: gradient norm per layer at initialisation")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend()
     return _save(fig, path)
 
 
-def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
-    """Loss against learning rate (log x) per combination of the other factors; the cap ln V dashed."""
+def lr_lines(c: Comparison) -> list[tuple]:
+    """Per combination of the factors other than the learning rate: (label, row, sensitivity, [(lr,
+    mean capped loss over seeds, 95% half-width over seeds)], cap), from the same capped losses as
+    the LR sensitivity (``compare.capped_losses``)."""
+    from .compare import _groups, capped_losses
+    from .stats import interval
+
     if c.sensitivity is None:
+        return []
+    others = [k for k in c.by if k != LR]
+    names = short_names(others)
+    metric = c.metric if c.metric.endswith("loss") and c.metric in c.runs else "final_val_loss"
+    out = []
+    for key, g in _groups(c.runs, others):
+        rows = capped_losses(g, metric)
+        by_lr: dict = {}
+        for lr, loss, _ in rows:
+            by_lr.setdefault(lr, []).append(loss)
+        if len(by_lr) < 2:
+            continue
+        row = dict(zip(others, key))
+        sens = c.sensitivity
+        for k, v in row.items():
+            sens = sens[sens[k].map(plain) == plain(v)]
+        points = [(lr, interval(v).mean, interval(v).half if len(v) > 1 else 0.0) for lr, v in sorted(by_lr.items())]
+        label = ", ".join(f"{names[k]}={plain(v)}" for k, v in row.items()) or "all runs"
+        out.append((label, row, float(sens["lr_sensitivity"].iloc[0]) if len(sens) else math.nan, points,
+                    sum(cap for *_, cap in rows) / len(rows)))
+    return out
+
+
+def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
+    """Loss against learning rate (log x), seed mean with 95% error bars, per combination of the other
+    factors; each loss capped at the run's loss at initialisation (Wortsman et al.), a diverged run at
+    the cap. The y-range follows the data, the cap is drawn where it falls inside it."""
+    lines = lr_lines(c)
+    if not lines:
         return None
     plt = _pyplot()
     palette = palette or Palette(c)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    others = [k for k in c.by if k != LR]
-    names = short_names(others)
-    for _, r in c.sensitivity.iterrows():
-        color, ls = palette.style(r, with_lr=False)
-        lrs, losses = zip(*r["curve"])
-        label = ", ".join(f"{names[k]}={plain(r[k])}" for k in others) or "all runs"
-        ax.plot(lrs, losses, color=color, ls=ls, marker="o", ms=4,
-                label=f"{label} (sens. {r['lr_sensitivity']:.3g})")
-    cap = float(c.sensitivity["cap"].max())
-    ax.axhline(cap, color="grey", ls="--", lw=1, label=f"cap ln V = {cap:.2f} (diverged)")
+    lows, highs = [], []
+    for label, row, sens, points, cap in lines:
+        color, ls = palette.style(row, with_lr=False)
+        lrs, means, halves = zip(*points)
+        ax.errorbar(lrs, means, yerr=halves, color=color, ls=ls, marker="o", ms=4, capsize=3,
+                    label=f"{label} (sensitivity {sens:.3f})")
+        lows += [m - h for m, h in zip(means, halves)]
+        highs += [m + h for m, h in zip(means, halves)]
+    cap = max(cap for *_, cap in lines)
+    pad = 0.08 * (max(highs) - min(lows) or 1.0)
+    top = min(max(highs) + pad, cap + pad)
+    ax.set_ylim(min(lows) - pad, top)
+    if cap <= top:
+        ax.axhline(cap, color="grey", ls="--", lw=1, label=f"cap: loss at initialisation, {cap:.2f} (diverged)")
     metric = c.metric if c.metric.endswith("loss") else "final_val_loss"
-    ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"{metric}, seed mean (nats)",
-           title="learning-rate sensitivity (lower and flatter is more forgiving)")
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"{metric}, capped (nats)",
+           title=f"{recipe_title(c)}: learning-rate sensitivity\n(seed mean ± 95% interval; lower and flatter is "
+                 "more forgiving)")
+    log_ticks(ax, "x")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend()
     return _save(fig, path)
 
 
@@ -348,10 +442,10 @@ def resid_rms(c: Comparison, path: str | Path, palette: Palette | None = None) -
         if init is not None:
             ax.plot(*init, color=color, ls=ls, lw=0.8, alpha=0.45)
     ax.set(xlabel="block (1 = nearest the input)", ylabel="RMS of the residual stream after the block",
-           yscale="log", title="residual stream RMS per block, seed geometric mean: end of training "
-                               "(markers), step 1 (faint)")
-    ax.title.set_fontsize(9)
+           yscale="log", title=f"{recipe_title(c)}: residual stream RMS per block\n(seed geometric mean; end of "
+                               "training with markers, step 1 faint)")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)

@@ -5,6 +5,7 @@ RESULTS/report.md is an index linking them)::
 
     RESULTS/report.md
     RESULTS/figures/curves.png           training loss, validation loss, gradient norm (and model update)
+    RESULTS/figures/curves_<metric>.png  each of its panels alone (report --panels separate)
     RESULTS/figures/grad_norm_init.png   per-layer gradient norm at initialisation
     RESULTS/figures/lr_sensitivity.png   loss against learning rate (only when train.lr varies)
     RESULTS/figures/resid_rms.png        the residual stream's RMS per block, at the end and at step 1
@@ -26,22 +27,29 @@ FORMATS = ("png", "pdf", "svg")
 
 
 def write_report(c: Comparison, out_dir: str | Path, command: str | None = None,
-                 formats: list[str] | tuple = ()) -> Path:
+                 formats: list[str] | tuple = (), panels: str = "together", per_seed: bool = False) -> Path:
     """Draw the figures, then write ``out_dir/report.md``; ``command`` is how to regenerate it;
-    ``formats`` (``pdf``, ``svg``): the figures in these formats too, beside the PNGs.
+    ``formats`` (``pdf``, ``svg``): the figures in these formats too, beside the PNGs; ``panels``:
+    ``separate`` writes each training-curve panel to its own file too (curves_<metric>.png), for
+    slides; ``per_seed``: the curves draw each seed thin under the mean.
 
     When ``c`` spans several recipes with detected factors (``c.per_recipe()`` splits it), each
     recipe gets its own report in its folder and ``out_dir/report.md`` is an index of them."""
     out_dir = Path(out_dir)
     command = command or regenerate_command(c, out_dir, formats)
     parts = c.per_recipe()
+    if panels not in ("together", "separate"):
+        from .errors import NormbenchError
+
+        raise NormbenchError(f"expected together or separate, got {panels!r}", key="--panels")
+    options = {"panels": panels, "per_seed": per_seed}
     if len(parts) == 1:
-        return _write_one(c, out_dir, command, formats)
+        return _write_one(c, out_dir, command, formats, **options)
     written = []
     for part in parts:
         dest = report_home(part, out_dir)
         again = f"normbench report {dest}" if len(part.sources) == 1 else command
-        written.append((part, _write_one(part, dest, again, formats)))
+        written.append((part, _write_one(part, dest, again, formats, **options)))
     for name in DRAW:  # the index has no figures: drop those of an earlier single report
         for fmt in FORMATS:
             (out_dir / FIGURES / f"{name}.{fmt}").unlink(missing_ok=True)
@@ -108,10 +116,17 @@ def _has_updates(c: Comparison) -> bool:
     return "max_model_update" in c.runs and c.runs["max_model_update"].notna().any()
 
 
-def _write_one(c: Comparison, out_dir: Path, command: str, formats=()) -> Path:
+def _write_one(c: Comparison, out_dir: Path, command: str, formats=(), panels: str = "together",
+               per_seed: bool = False) -> Path:
     fig_dir = out_dir / FIGURES
     palette = plots.Palette(c)  # one colour per configuration in every figure
+    palette.per_seed = per_seed
     figs = {name: draw(c, fig_dir / f"{name}.png", palette) for name, draw in DRAW.items()}
+    drawn = {plots.curve_panel(c, m, fig_dir / f"curves_{m}.png", palette).name for m in plots.curve_panels(c)} \
+        if panels == "separate" else set()
+    for old in fig_dir.glob("curves_*.*"):  # panels of an earlier --panels separate
+        if old.name not in drawn:
+            old.unlink()
     for name, path in figs.items():
         for fmt in FORMATS:
             if path is None or (fmt != "png" and fmt not in formats):  # stale: not drawn or not asked for
@@ -186,6 +201,10 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
                  "(log scale; Wang et al. 2022)" if _has_updates(c) else "")
               + ". One colour per configuration in every figure; line styles tell training settings apart.", "",
               f"![training curves]({figs['curves']})", ""]
+    panels = sorted((out_dir / FIGURES).glob("curves_*.png"))
+    if panels:  # --panels separate: each panel on its own, for slides
+        lines += ["Each panel on its own: " + ", ".join(f"[{p.stem[len('curves_'):]}]({FIGURES}/{p.name})"
+                                                        for p in panels), ""]
     if "grad_norm_init" in figs:
         lines += ["## Gradient norm per layer at initialisation", "",
                   "The norm of each block's feed-forward weight gradients on the first batch, before any update "

@@ -64,3 +64,31 @@ def test_a_regenerated_report_that_did_not_change_is_not_rewritten(quick, tmp_pa
     before = {p: os.stat(p).st_mtime_ns for p in files}
     normbench.write_report(quick, dest)
     assert {p: os.stat(p).st_mtime_ns for p in files} == before
+
+
+def test_panels_separate_and_per_seed_for_slides(quick, tmp_path):
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    import shutil
+
+    src = tmp_path / "q"
+    shutil.copytree(quick.sources[0], src)
+    res = CliRunner().invoke(app, ["report", str(src), "--panels", "separate", "--per-seed"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in (src / "figures").glob("curves_*.png")}
+    assert {"curves_loss.png", "curves_val_loss.png", "curves_grad_norm.png"} <= names
+    text = (src / "report.md").read_text()
+    assert "--panels separate --per-seed" in text and "(figures/curves_loss.png)" in text
+    # back to one figure: the separate panels of the earlier report are removed
+    assert CliRunner().invoke(app, ["report", str(src)]).exit_code == 0
+    assert not list((src / "figures").glob("curves_*.png"))
+    res = CliRunner().invoke(app, ["report", str(src), "--panels", "apart"])
+    assert res.exit_code == 2 and "--panels" in res.output
+
+
+def test_every_figure_is_titled_with_its_recipe(quick):
+    fig = plots.curves_figure(quick)
+    assert fig._suptitle.get_text().startswith("q: training curves")
+    assert plots.recipe_title(quick) == "q"
