@@ -21,7 +21,8 @@ import yaml
 from .config import RunConfig, check_dotted_key, from_dict, set_dotted, suggest
 from .errors import NormbenchError, Problems
 
-RECIPE_KEYS = ("name", "description", "base", "sweep", "claims")
+RECIPE_KEYS = ("name", "description", "base", "sweep", "claims", "provenance")  # provenance: written into
+# a run's config.yaml (the recipe's git state) and ignored when that file is run again
 SWEEP_KEYS = ("grid", "zip", "seeds")
 MAX_PROBLEMS = 10  # a sweep's runs can repeat one mistake many times: stop listing after this many
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

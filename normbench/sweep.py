@@ -89,8 +89,14 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
 
 def config_recipe(recipe: Recipe, spec: RunSpec) -> dict:
     """The run's config.yaml: a recipe that reruns exactly this run."""
+    from .provenance import git_state
+
     desc = f"run {spec.run_id} of recipe {recipe.name}" + (f" ({spec.label()})" if spec.values else "")
-    return {"name": recipe.name, "description": desc, "base": spec.cfg.to_dict()}
+    doc = {"name": recipe.name, "description": desc, "base": spec.cfg.to_dict()}
+    git = git_state(recipe.path)
+    if git is not None:  # where the recipe came from: its repository's commit, and whether it was edited
+        doc["provenance"] = {"recipe": recipe.path, "git": git}
+    return doc
 
 
 @dataclass

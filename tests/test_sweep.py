@@ -8,12 +8,14 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 import normbench
 from normbench import store
 from normbench.cli import app
+from normbench.recipe import load_recipe
 from conftest import ALLOC_ERROR, TOO_BIG_D_FF, tiny
 
 runner = CliRunner()
@@ -197,3 +199,23 @@ def test_index_rows_come_by_configuration_then_seed(tmp_path):
     normbench.run_recipe(recipe, out=tmp_path, jobs=2)
     idx = pd.read_csv(tmp_path / "o" / "index.csv")
     assert list(zip(idx["train.lr"], idx["seed"])) == [(0.001, 0), (0.001, 1), (0.01, 0), (0.01, 1)]
+
+
+def test_config_records_the_recipes_git_state_and_still_reruns(tmp_path):
+    """Provenance: the commit of the recipe's repository and whether its tree was dirty."""
+    if subprocess.run(["git", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, check=True)  # noqa: E731
+    git("init", "-q")
+    recipe = repo / "g.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "g", "base": tiny(train={"steps": 2, "eval_every": 2})}))
+    git("add", "g.yaml")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "r")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    df = normbench.run_recipe(str(recipe), out=tmp_path / "res")
+    cfg_path = tmp_path / "res" / "g" / df["run_id"][0] / "config.yaml"
+    doc = yaml.safe_load(cfg_path.read_text())
+    assert doc["provenance"]["git"] == {"commit": head, "dirty": False}
+    assert load_recipe(cfg_path).runs[0].run_id == df["run_id"][0]  # config.yaml still reruns the run
