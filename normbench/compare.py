@@ -318,6 +318,13 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
         for m in metrics:
             pool = g if m in OVER_ALL_RUNS or m in SPEED_METRICS else ok
             vals = pd.to_numeric(pool[m], errors="coerce").dropna() if m in pool else pd.Series(dtype=float)
+            if m == "max_grad_norm" and "divergence_reason" in pool and \
+                    pool["divergence_reason"].astype(str).str.startswith("non-finite gradient").any():
+                row[f"{m}_mean"] = row[f"{m}_std"] = math.inf  # a run stopped on an infinite gradient: the
+                row[f"{m}_ci95_lo"], row[f"{m}_ci95_hi"] = math.nan, math.nan  # largest is not finite
+                if m == metric:
+                    ranked.append(vals.tolist())
+                continue
             ci = interval(vals.tolist())
             row[f"{m}_mean"] = ci.mean
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan

@@ -466,3 +466,15 @@ def test_the_same_run_id_in_two_folders_is_said_and_a_difference_named(sweep, tm
     note = next(n for n in c.notes if "skipped as already read" in n)
     assert f"{run.name} (differs: max_grad_norm" in note and "vs 39.5" in note and str(out) in note
     assert len(c.runs) == len(compare([out]).runs)  # counted once
+
+
+def test_a_run_stopped_on_a_non_finite_gradient_shows_an_infinite_max():
+    runs = pd.DataFrame([{"g": "a", "diverged": True, "final_val_loss": None, "max_grad_norm": 12.0,
+                          "divergence_reason": "non-finite gradient norm"},
+                         {"g": "a", "diverged": False, "final_val_loss": 2.0, "max_grad_norm": 3.0,
+                          "divergence_reason": None}])
+    table = aggregate(runs, ["g"], ["final_val_loss", "max_grad_norm"], "final_val_loss")
+    assert table["max_grad_norm_mean"][0] == math.inf
+    from normbench.tables import cell
+
+    assert cell(table.iloc[0], "max_grad_norm") == "inf"
