@@ -181,6 +181,8 @@ def _claim(item: Any, where: str, runs) -> Claim:
             problems.add(NormbenchError(f"{metric} is a rate: no margin", key=f"{where}.margin"))
         if across == "average":
             problems.add(NormbenchError(f"{metric} is a rate: across: every only", key=f"{where}.across"))
+        if scale == "log":
+            problems.add(NormbenchError(f"{metric} is a rate (0 or 1 per run): linear scale only", key=f"{where}.scale"))
     sel = {}
     with problems.check():
         sel["where"] = _selector(item.get("where") or {}, f"{where}.where", runs, allow_empty=True)

@@ -40,8 +40,7 @@ import pandas as pd
 
 from .claims import AT_INIT, BINARY, CLAIMS_FILE, Claim, parse_claims
 from .errors import NormbenchError
-from .stats import (ALPHA, Contrast, holm, interval, paired, rates, seeds_for, sigma_upper, stein, stratified,
-                    unpaired)
+from .stats import ALPHA, Contrast, combine, holm, interval, paired, rates, seeds_for, sigma_upper, stein, unpaired
 
 SETTLE_FILE = "settle.yaml"  # the second stages of settled claims (settle.py), beside claims.yaml
 LOSSES = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats", "initial_loss")
@@ -142,6 +141,12 @@ def is_paired(claim: Claim, parts: list[pd.DataFrame]) -> bool:
     return claim.paired and claim.metric not in BINARY and bool(seeds[0]) and all(s == seeds[0] for s in seeds)
 
 
+def tied_failures(values: list[dict]) -> bool:
+    """Some seed failed (diverged) in every arm of a pair: a tie, not a measured 0."""
+    common = set.intersection(*(set(v) for v in values)) if values else set()
+    return any(sum(math.isinf(v[s]) for v in values) >= 2 for s in common)
+
+
 def seed_contrasts(claim: Claim, values: list[dict]) -> dict:
     """{seed: that seed's contrast} over the seeds every arm has: a - b, or (aL - bL) - (aS - bS)."""
     common = set.intersection(*(set(v) for v in values)) if values else set()
@@ -167,12 +172,13 @@ def contrast(claim: Claim, parts: list[pd.DataFrame], stage1: list | None = None
     values = [arm(p, claim) for p in parts]
     if claim.metric in BINARY:
         return rates(list(values[0].values()), list(values[1].values())), values
+    if stage1:  # a settled setting is judged by Stein's test, on the seeds every arm has, whatever else
+        diffs = seed_contrasts(claim, values)
+        order = [s for s in stage1 if s in diffs] + sorted(s for s in diffs if s not in stage1)
+        return stein([diffs[s] for s in order], len([s for s in stage1 if s in diffs])), values
     if is_paired(claim, parts):
         diffs = seed_contrasts(claim, values)
-        if stage1:  # a settled setting: the first stage's seeds first, then the second stage's
-            order = [s for s in stage1 if s in diffs] + sorted(s for s in diffs if s not in stage1)
-            return stein([diffs[s] for s in order], len([s for s in stage1 if s in diffs])), values
-        return paired(list(diffs.values())), values
+        return paired(list(diffs.values()), rank=tied_failures(values)), values
     if claim.kind == "interaction":
         return interaction_unpaired(values), values
     return unpaired(list(values[0].values()), list(values[1].values())), values
@@ -215,16 +221,17 @@ def seeds_needed(claim: Claim, c: Contrast, values: list[dict]) -> int | None:
         if len(diffs) < 2:
             return None
         sigma, k, n0 = statistics.stdev(diffs.values()), 1.0, len(diffs)
+        sd_dof = n0 - 1
     else:
         lists = [list(v.values()) for v in values]
         if any(len(x) < 2 for x in lists):
             return None
         n0 = min(len(x) for x in lists)
-        dof = sum(len(x) - 1 for x in lists)
-        sigma = math.sqrt(sum(statistics.variance(x) * (len(x) - 1) for x in lists) / dof)
+        sd_dof = sum(len(x) - 1 for x in lists)  # the pooled sd's degrees of freedom
+        sigma = math.sqrt(sum(statistics.variance(x) * (len(x) - 1) for x in lists) / sd_dof)
         k = 4.0 if claim.kind == "interaction" else 2.0
     gap = effect_gap(claim)
-    n = seeds_for(sigma_upper(sigma, n0), gap, k=k, two_sided_power=claim.kind == "same") if gap else None
+    n = seeds_for(sigma_upper(sigma, sd_dof + 1), gap, k=k, two_sided_power=claim.kind == "same") if gap else None
     return max(n, n0 + 1) if n else None
 
 
@@ -263,6 +270,9 @@ def evaluate(claim: Claim, runs: pd.DataFrame, settled: dict | None = None) -> d
     from .compare import plain, short_names
 
     runs = select(runs, claim.where) if claim.where else runs
+    # the settings come from the claim's own runs: a key that varies only in other arms splits nothing
+    own = pd.concat(cells(claim, runs)) if len(runs) else runs
+    runs = own.drop_duplicates(subset="run_id") if "run_id" in own else own
     others = setting_keys(claim, runs)
     names = short_names(others)
     keys = sorted({tuple(plain(r[k]) for k in others) for _, r in runs.iterrows()}) if others else [()]
@@ -271,6 +281,8 @@ def evaluate(claim: Claim, runs: pd.DataFrame, settled: dict | None = None) -> d
         label = ", ".join(f"{names[k]}={v}" for k, v in zip(others, key))
         sub = select(runs, {k: [v] for k, v in zip(others, key)}) if others else runs
         parts = cells(claim, sub)
+        if any(not len(p) for p in parts):  # a setting some arm was not run in: nothing to compare there
+            continue
         stage1 = (settled or {}).get(label, {}).get("first_stage_seeds")
         c, values = contrast(claim, parts, stage1)
         p_for, p_against = p_values(claim, c)
@@ -295,14 +307,15 @@ def evaluate(claim: Claim, runs: pd.DataFrame, settled: dict | None = None) -> d
 
 
 def average_contrast(claim: Claim, settings: list[dict]) -> Contrast:
-    """``across: average``: per seed the mean of its setting contrasts (paired designs), else the
-    stratified mean difference."""
+    """``across: average``: per seed the mean of its setting contrasts (paired designs), else the mean of
+    the settings' contrasts with Welch-Satterthwaite degrees of freedom (``stats.combine``; rank and
+    Stein contrasts do not combine and leave it untestable)."""
     if all(s["contrast"].method == "paired t" for s in settings):
         per = [seed_contrasts(claim, s["values"]) for s in settings]
         common = set.intersection(*(set(p) for p in per))
         c = paired([sum(p[s] for p in per) / len(per) for s in sorted(common)])
         return Contrast("paired t (blocked by setting)", c.d, c.n, c.se, c.df)
-    return stratified([(list(s["values"][0].values()), list(s["values"][1].values())) for s in settings])
+    return combine([s["contrast"] for s in settings], "Welch t (blocked by setting)")
 
 
 def test_name(claim: Claim, method: str) -> str:

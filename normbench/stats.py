@@ -129,7 +129,7 @@ class Contrast:
         if self.method == "Fisher exact":
             return min(self.n) >= 1
         return min(self.n) >= 2 and (self.method.endswith("U") or self.method.startswith("Wilcoxon")
-                                     or math.isfinite(self.df))
+                                     or math.isfinite(self.df) or self.se == 0)
 
     def p_above(self, c: float = 0.0) -> float:
         """One-sided p-value for d > c."""
@@ -184,16 +184,15 @@ def _clean(values) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]
 
 
-def paired(diffs) -> Contrast:
-    """Per-seed differences: a paired t-test, or Wilcoxon's signed-rank test when one is infinite
-    (a run that failed on one side only)."""
+def paired(diffs, rank: bool = False) -> Contrast:
+    """Per-seed differences: a paired t-test, or Wilcoxon's signed-rank test when one is infinite (a
+    run that failed on one side only) or ``rank`` (a seed whose runs failed on both sides, a tie: a
+    t-test must not take its 0 as a measured difference)."""
     diffs = _clean(diffs)
     n = len(diffs)
-    if any(math.isinf(x) for x in diffs):
-        finite = [x for x in diffs if math.isfinite(x)]
-        med = statistics.median(_finite_rank(diffs)) if diffs else math.nan
-        return Contrast("Wilcoxon signed-rank", med if finite or not diffs else math.copysign(math.inf, med), (n,),
-                        data=(tuple(diffs),))
+    if rank or any(math.isinf(x) for x in diffs):
+        med = statistics.median(diffs) if diffs else math.nan  # inf where most pairs failed on one side
+        return Contrast("Wilcoxon signed-rank", med, (n,), data=(tuple(diffs),))
     if n == 0:
         return Contrast("paired t", math.nan, (0,))
     d = sum(diffs) / n
@@ -206,8 +205,7 @@ def unpaired(a, b) -> Contrast:
     """Welch's t-test of mean(a) - mean(b), or the Mann-Whitney U test when a value is infinite."""
     a, b = _clean(a), _clean(b)
     if any(math.isinf(x) for x in a + b):
-        fa, fb = _finite_rank(a, b) if a and b else (a, b)
-        d = statistics.median(fa) - statistics.median(fb) if a and b else math.nan
+        d = statistics.median(a) - statistics.median(b) if a and b else math.nan  # inf - inf: NaN, said as "-"
         return Contrast("Mann-Whitney U", d, (len(a), len(b)), data=(tuple(a), tuple(b)))
     if not a or not b:
         return Contrast("Welch t", math.nan, (len(a), len(b)))
@@ -253,11 +251,28 @@ def stein(diffs, first: int) -> Contrast:
     all of them. With the total size fixed by the first stage's spread, the test has exact level."""
     diffs = _clean(diffs)
     head = diffs[:first]
-    if len(head) < 2 or len(diffs) < first:
+    if len(head) < 2 or len(diffs) < first or any(math.isinf(x) for x in diffs):
+        # a diverged run has no difference to average: Stein's t-test cannot take it (untestable, said)
         return Contrast("Stein two-stage", math.nan, (len(diffs),))
     s0 = statistics.stdev(head)
     return Contrast("Stein two-stage", sum(diffs) / len(diffs), (len(diffs),), se=s0 / math.sqrt(len(diffs)),
                     df=first - 1)
+
+
+def combine(contrasts: list[Contrast], method: str) -> Contrast:
+    """The mean of several settings' t-based contrasts, one test blocked by setting: d the mean of
+    their d, its variance the sum of their se^2 over k^2, Welch-Satterthwaite degrees of freedom.
+    Rank, Fisher and Stein contrasts do not combine: NaN (untestable)."""
+    k = len(contrasts)
+    if not k or any(not math.isfinite(c.se) or not math.isfinite(c.d) or c.method.startswith(("Wilcoxon", "Mann",
+                                                                                                "Fisher", "Stein"))
+                    for c in contrasts):
+        return Contrast(method, math.nan, (0,))
+    var = sum(c.se ** 2 for c in contrasts) / k ** 2
+    terms = [(c.se ** 2 / k ** 2) ** 2 / c.df for c in contrasts if c.se > 0 and math.isfinite(c.df)]
+    df = var ** 2 / sum(terms) if var > 0 and terms else math.inf
+    n = tuple(sum(c.n[i] if i < len(c.n) else 0 for c in contrasts) for i in range(max(len(c.n) for c in contrasts)))
+    return Contrast(method, sum(c.d for c in contrasts) / k, n, se=math.sqrt(var), df=df)
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -299,7 +314,7 @@ def seeds_for(sigma: float, gap: float, k: float = 1.0, two_sided_power: bool = 
         return 2
     q_power = 1 - (1 - POWER) / 2 if two_sided_power else POWER
     for n in range(2, limit + 1):
-        df = df_from if df_from else (n - 1 if k == 1 else 2 * n - 2)
+        df = df_from if df_from else round(k) * (n - 1)  # paired: n - 1; two arms: 2n - 2; four: 4n - 4
         if (stats.t.ppf(1 - ALPHA, df) + stats.t.ppf(q_power, df)) * sigma * math.sqrt(k / n) <= gap:
             return n
     return None

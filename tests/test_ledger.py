@@ -222,3 +222,53 @@ def test_p_values_of_each_kind_against_the_definitions():
     p, against = p_values(same, c)
     assert p == pytest.approx(max(c.p_above(-0.05), c.p_below(0.05)))
     assert against == pytest.approx(min(1.0, 2 * min(c.p_above(0.05), c.p_below(-0.05))))
+
+
+def test_a_key_that_varies_only_outside_the_claims_arms_makes_no_empty_setting():
+    """Review: rmsnorm at a second lr made an lr=0.003 setting with no dyt or layernorm runs, whose
+    NaN p blocked 'held' for good."""
+    raw = {"source": "s", "statement": "dyt not worse", "metric": "final_val_loss",
+           "candidate": {"model.placement": "post"}, "reference": {"model.placement": "pre"}, "margin": 0.05}
+    c = parse_claims([raw])[0]
+    rows = arms([2.28, 2.29, 2.31], [2.30, 2.31, 2.32]) + [("sandwich", 3e-3, s, 2.2) for s in range(3)]
+    res = evaluate(c, frame(rows))
+    alone = evaluate(c, frame(arms([2.28, 2.29, 2.31], [2.30, 2.31, 2.32])))
+    assert len(res["settings"]) == 1 and res["p"] == pytest.approx(alone["p"])
+
+
+def test_a_seed_failed_on_both_sides_is_a_tie_for_a_rank_test_not_a_measured_zero():
+    res = evaluate(claim(), frame(arms([2.50, 2.52, None], [2.30, 2.31, None])))
+    c = res["settings"][0]["contrast"]
+    assert c.method == "Wilcoxon signed-rank"
+    ref = stats.wilcoxon([0.20, 0.21, 0.0], alternative="greater", zero_method="zsplit")
+    assert res["p"] == pytest.approx(ref.pvalue)
+
+
+def test_stein_refuses_a_diverged_difference_and_a_settled_setting_stays_stein():
+    assert math.isnan(stein([0.1, 0.2, -0.1, math.inf], 3).p_above(0))
+    # a second-stage run missing in one arm: still Stein on the seeds both arms have, never Welch
+    rows = arms([2.50, 2.52, 2.54, 2.51], [2.30, 2.31, 2.32])
+    res = evaluate(claim(), frame(rows), settled={"": {"first_stage_seeds": [0, 1, 2]}})
+    assert res["settings"][0]["contrast"].method == "Stein two-stage"
+
+
+def test_average_over_settings_of_an_unpaired_interaction_tests_the_interaction():
+    from normbench.stats import combine, unpaired
+
+    a, b = unpaired([1.0, 1.2, 1.1], [0.5, 0.6, 0.4]), unpaired([2.0, 2.3, 2.1], [1.0, 1.1, 0.9])
+    c = combine([a, b], "x")
+    assert c.d == pytest.approx((a.d + b.d) / 2) and c.se == pytest.approx(math.sqrt(a.se ** 2 + b.se ** 2) / 2)
+    v = [a.se ** 2 / 4, b.se ** 2 / 4]
+    assert c.df == pytest.approx(sum(v) ** 2 / (v[0] ** 2 / a.df + v[1] ** 2 / b.df))
+    assert math.isnan(combine([a, paired([0.1, math.inf])], "x").d)  # a rank test does not combine
+
+
+def test_welch_seeds_needed_use_the_pooled_degrees_of_freedom():
+    from normbench.ledger import seeds_needed
+
+    c = claim(effect=0.3)
+    res = evaluate(c, frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5], seeds_b=[3, 4, 5])))
+    s = res["settings"][0]
+    pooled = math.sqrt((stats.tvar([2.3, 2.6, 2.4]) + stats.tvar([2.35, 2.3, 2.5])) / 2)
+    want = seeds_for(sigma_upper(pooled, 5), 0.3, k=2.0)  # 4 degrees of freedom, not 2
+    assert s["needed"] == max(want, 4)
