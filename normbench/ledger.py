@@ -261,7 +261,16 @@ def setting_keys(claim: Claim, runs: pd.DataFrame) -> list[str]:
         named.add("train.lr")
     if claim.metric in AT_INIT:  # a setting must not count the same evidence twice
         named |= AFTER_INIT
-    return [k for k in varied_factors(runs) if k not in named and k != "recipe"] if len(runs) else []
+    if not len(runs):
+        return []
+    from .compare import plain
+
+    # a key zipped with a named one (data.seq_len with train.batch_size) is implied by it: it varies
+    # with the arms, not within them, and splits nothing
+    by = [k for k in named if k in runs and k != "seed"]
+    groups = [g for _, g in runs.groupby([runs[k].map(plain) for k in by])] if by else [runs]
+    return [k for k in varied_factors(runs) if k not in named and k != "recipe"
+            and any(g[k].map(plain).nunique() > 1 for g in groups)]
 
 
 def evaluate(claim: Claim, runs: pd.DataFrame, settled: dict | None = None) -> dict:

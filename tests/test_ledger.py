@@ -272,3 +272,22 @@ def test_welch_seeds_needed_use_the_pooled_degrees_of_freedom():
     pooled = math.sqrt((stats.tvar([2.3, 2.6, 2.4]) + stats.tvar([2.35, 2.3, 2.5])) / 2)
     want = seeds_for(sigma_upper(pooled, 5), 0.3, k=2.0)  # 4 degrees of freedom, not 2
     assert s["needed"] == max(want, 4)
+
+
+def test_a_key_zipped_with_a_named_one_does_not_split_settings():
+    """bn_tokens_per_batch zips data.seq_len with train.batch_size: the seq_len must not split the
+    interaction's settings into halves that each lack an arm."""
+    raw = {"source": "Wu & He", "statement": "BN's gap grows as batches shrink", "metric": "final_val_loss",
+           "higher": {"model.norm": "batchnorm"}, "lower": {"model.norm": "layernorm"},
+           "larger_at": {"train.batch_size": 1}, "smaller_at": {"train.batch_size": 32}}
+    c = parse_claims([raw])[0]
+    vals = {("batchnorm", 1): [2.9, 2.8, 2.85], ("layernorm", 1): [2.5, 2.55, 2.5],
+            ("batchnorm", 32): [2.30, 2.31, 2.29], ("layernorm", 32): [2.27, 2.26, 2.28]}
+    rows = [{"model.norm": n, "train.batch_size": b, "data.seq_len": 32 if b == 1 else 64, "seed": s,
+             "final_val_loss": v, "diverged": False, "vocab_size": 100, "run_id": f"{n}{b}{s}"}
+            for (n, b), vs in vals.items() for s, v in enumerate(vs)]
+    res = evaluate(c, pd.DataFrame(rows))
+    assert len(res["settings"]) == 1 and res["settings"][0]["contrast"].method == "paired t"
+    per_seed = [(vals["batchnorm", 1][s] - vals["layernorm", 1][s]) - (vals["batchnorm", 32][s]
+                - vals["layernorm", 32][s]) for s in range(3)]
+    assert res["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0, alternative="greater").pvalue)
