@@ -29,6 +29,7 @@ from .data import IGNORE, make_task
 from .evalset import mean_loss, unigram_loss, validation_set
 from .errors import NormbenchError
 from .model import Transformer
+from .provenance import cpu_info
 
 # a step is synchronised with the host (losses read, divergence checked) every
 # SYNC_EVERY steps: every step on CPU, where reading is free, less often on GPU
@@ -511,6 +512,7 @@ def summarize(cfg, trace: Trace, stab: Stability, task, model, params, device, e
         "corpus": task.fingerprint,
         "plugin": plugin_record(cfg.model.norm),
         "device": str(device),
+        "cpu": cpu_info(),  # bf16 speed and an unstable run's exact numbers depend on it
         "precision_used": resolve_precision(device, t.precision),
         "threads": torch.get_num_threads(),
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},

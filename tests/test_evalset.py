@@ -152,3 +152,10 @@ def test_eval_batches_is_refused_with_its_replacement(tiny_base):
     with pytest.raises(NormbenchError) as e:
         from_dict(tiny_base(train={"eval_batches": 8}))
     assert e.value.key == "train.eval_batches" and "train.eval_tokens" in e.value.message
+
+
+def test_the_summary_names_the_cpu(tiny_base):
+    from normbench.provenance import CPU_FLAGS, cpu_info
+
+    s = train(from_dict(tiny_base(train={"steps": 2, "eval_every": 2})))
+    assert s["cpu"] == cpu_info() and set(s["cpu"]["flags"]) <= set(CPU_FLAGS) and s["cpu"]["model"]
