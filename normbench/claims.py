@@ -170,8 +170,10 @@ def _claim(item: Any, where: str, runs) -> Claim:
         problems.add(NormbenchError(f"a {kind} claim needs a margin ({'> 1' if scale == 'log' else '> 0'}): "
                                     "within how much?", key=f"{where}.margin"))
     effect = item.get("effect")
-    if effect is not None and (isinstance(effect, bool) or not isinstance(effect, (int, float)) or effect <= 0):
-        problems.add(NormbenchError(f"expected a number > 0, got {effect!r}", key=f"{where}.effect"))
+    if effect is not None and (isinstance(effect, bool) or not isinstance(effect, (int, float)) or effect <= 0
+                               or (scale == "log" and effect <= 1)):
+        what = "a factor > 1 on the log scale (2: twice)" if scale == "log" else "a number > 0"
+        problems.add(NormbenchError(f"expected {what}, got {effect!r}", key=f"{where}.effect"))
         effect = None
     if metric in BINARY:
         if kind != "directional":

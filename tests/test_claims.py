@@ -156,3 +156,14 @@ def test_settle_adds_seeds_by_stein_and_judges_again(tmp_path):
     assert yaml.safe_load((out / "st" / "settle.yaml").read_text())["rmsnorm ends above layernorm"][""] == plan
     res = runner.invoke(app, ["claims", str(out / "st"), "--settle"])
     assert res.exit_code == 2 and "expected recipe files" in res.stderr
+
+
+def test_an_effect_on_the_log_scale_is_a_factor_above_one(tmp_path):
+    c = {"source": "s", "statement": "x", "metric": "max_attn_logit", "higher": {"model.placement": "post"},
+         "lower": {"model.placement": "pre"}, "effect": 0.5}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "c", "base": tiny(), "sweep": {"grid": {"model.placement": ["pre", "post"]}},
+                                 "claims": [c]}))
+    with pytest.raises(NormbenchError) as e:
+        load_recipe(p)
+    assert e.value.key == "claims[0].effect" and "a factor > 1 on the log scale" in e.value.message
