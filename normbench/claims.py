@@ -52,6 +52,8 @@ DERIVED = {
                "at most), 0 otherwise; a diverged run is not counted: tested with Fisher's exact test",
     "grad_norm_init_last_over_first": "the FFN gradient norm at initialisation of the last block over the first's "
                                       "(Xiong et al. 2020: above 1 under Post-LN); taken at step 0",
+    "abs_final_log_z": "|final_log_z|: how far the output log-partition ends from 0, where z-loss pushes it "
+                       "(Wortsman et al. 2023)",
     "resid_log_slope": "the least-squares slope of ln(residual RMS) over the block index, from resid_rms_by_layer "
                        "at the last measure step (the curse of depth: how fast the residual grows across layers)",
     "lr_sensitivity": "per seed, over the learning rates of the group (train.lr must vary): the mean of "

@@ -79,6 +79,9 @@ def run_value(r, metric: str) -> float | None:
         return prof[-1] / prof[0] if len(prof) >= 2 and prof[0] and prof[-1] is not None else None
     if metric == "resid_log_slope":
         return log_slope(r.get("resid_rms_by_layer") or [])
+    if metric == "abs_final_log_z":
+        v = r.get("final_log_z")
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else abs(float(v))
     if diverged and metric in LOSSES:
         return math.inf
     if diverged and metric not in OVER_ALL_RUNS:

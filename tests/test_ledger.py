@@ -291,3 +291,10 @@ def test_a_key_zipped_with_a_named_one_does_not_split_settings():
     per_seed = [(vals["batchnorm", 1][s] - vals["layernorm", 1][s]) - (vals["batchnorm", 32][s]
                 - vals["layernorm", 32][s]) for s in range(3)]
     assert res["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0, alternative="greater").pvalue)
+
+
+def test_abs_final_log_z_is_the_distance_of_the_final_log_partition_from_zero():
+    from normbench.ledger import run_value
+
+    assert run_value({"final_log_z": -3.5, "diverged": False}, "abs_final_log_z") == 3.5
+    assert run_value({"final_log_z": None, "diverged": False}, "abs_final_log_z") is None
