@@ -48,7 +48,7 @@ def log_ticks(ax, axis: str = "y") -> None:
     plain_fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     target.set_major_formatter(plain_fmt)
     decades = math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1 if lo > 0 and hi > 0 else 2
-    if decades < 2:  # at most one labelled power of ten in view: label the ticks in between too
+    if decades < 3:  # one or two labelled powers of ten in view: label some ticks in between too
         subs = "all" if hi / lo < 5 else (2, 3, 5) if hi / lo < 30 else (2, 5)
         target.set_minor_locator(ticker.LogLocator(subs=subs, numticks=12))
         target.set_minor_formatter(plain_fmt)
