@@ -451,9 +451,7 @@ def sources_for(paths, out="results") -> list[tuple]:
         if path.is_file():
             rec = load_recipe(path)
             folder = Path(out) / rec.name
-            settled = read_settled(folder)
-            ids = {r.run_id for r in rec.runs} | settled_ids(settled)
-            found.append((rec.name, rec.claims, folder, ids, settled))
+            found.append((rec.name, rec.claims, folder, {r.run_id for r in rec.runs}, read_settled(folder)))
         elif path.is_dir():
             for d in find_recipe_dirs(path):
                 if (d / CLAIMS_FILE).exists():
@@ -463,9 +461,8 @@ def sources_for(paths, out="results") -> list[tuple]:
                         raise NormbenchError(f"malformed YAML: {e}", file=str(d / CLAIMS_FILE)) from None
                     if isinstance(doc, list):  # a bare list of claims: checked on every run of the folder
                         doc = {"claims": doc}
-                    settled = read_settled(d)
-                    ids = set(doc.get("runs") or []) | settled_ids(settled) or None
-                    found.append((d.name, parse_claims(doc.get("claims")), d, ids, settled))
+                    found.append((d.name, parse_claims(doc.get("claims")), d, set(doc.get("runs") or []) or None,
+                                  read_settled(d)))
         else:
             raise NormbenchError("no such recipe file or results folder", file=str(path))
     return found
@@ -484,8 +481,10 @@ def read_settled(folder: Path) -> dict:
         raise NormbenchError(f"malformed YAML: {e}", file=str(path)) from None
 
 
-def settled_ids(settled: dict) -> set:
-    return {rid for per in settled.values() for st in per.values() for rid in st.get("runs", [])}
+def settled_ids(settled: dict, statement: str | None = None) -> set:
+    """The second-stage run ids of one claim (``statement``), or of every claim."""
+    return {rid for claim, per in settled.items() if statement in (None, claim)
+            for st in per.values() for rid in st.get("runs", [])}
 
 
 def judge(sources) -> list[tuple]:
@@ -500,11 +499,14 @@ def judge(sources) -> list[tuple]:
         settled = src[4] if len(src) > 4 else {}
         runs = collect([results])[0] if results.is_dir() and any(results.iterdir()) else pd.DataFrame()
         done = runs[runs["status"].isin(DONE)] if len(runs) else runs
-        if run_ids is not None and len(done):
-            done = done[done["run_id"].isin(run_ids)]
         for c in claims:
-            res = evaluate(c, done, settled.get(c.statement)) if len(done) else None
-            out.append((recipe_name, c, done, res))
+            # the recipe's runs as written, plus this claim's own second stage: another claim's added
+            # seeds never change this claim's design (its pairing, its n)
+            mine = done
+            if run_ids is not None and len(done):
+                mine = done[done["run_id"].isin(set(run_ids) | settled_ids(settled, c.statement))]
+            res = evaluate(c, mine, settled.get(c.statement)) if len(mine) else None
+            out.append((recipe_name, c, mine, res))
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import store
 from .errors import NormbenchError
-from .ledger import SETTLE_FILE, effect_gap, judge, read_settled, seed_contrasts, settled_ids
+from .ledger import SETTLE_FILE, effect_gap, judge, read_settled, seed_contrasts
 from .stats import seeds_for
 
 
@@ -79,9 +79,8 @@ def settle_recipes(paths, out, budget: int, jobs: int | None = None) -> list[str
             raise NormbenchError(f"no results for recipe {rec.name} yet: run it first "
                                  f"(normbench run {path} --out {out})", file=str(path))
         settled = read_settled(folder)
-        ids = {r.run_id for r in rec.runs} | settled_ids(settled)
         todo = []
-        for _, claim, done, res in judge([(rec.name, rec.claims, folder, ids, settled)]):
+        for _, claim, done, res in judge([(rec.name, rec.claims, folder, {r.run_id for r in rec.runs}, settled)]):
             if res is None:
                 continue
             for s in res["settings"]:

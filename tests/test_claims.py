@@ -167,3 +167,27 @@ def test_an_effect_on_the_log_scale_is_a_factor_above_one(tmp_path):
     with pytest.raises(NormbenchError) as e:
         load_recipe(p)
     assert e.value.key == "claims[0].effect" and "a factor > 1 on the log scale" in e.value.message
+
+
+def test_one_claims_second_stage_never_changes_another_claims_design(tmp_path):
+    """The seeds settle adds to one claim's arms are that claim's: another claim on overlapping arms
+    keeps its pairing and its n (found on the reference suite: Xiong's interaction turned Welch)."""
+    from normbench.ledger import judge, sources_for
+
+    recipe = {"name": "iso", "base": tiny(train={"steps": 6, "eval_every": 6}, data={"seq_len": 8}),
+              "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"], "model.placement": ["pre", "post"]},
+                        "seeds": 3},
+              "claims": [{"source": "s", "statement": "settled", "metric": "final_val_loss",
+                          "where": {"placement": "pre"}, "higher": {"norm": "rmsnorm"},
+                          "lower": {"norm": "layernorm"}, "effect": 2.0},
+                         {"source": "s", "statement": "other", "metric": "final_val_loss",
+                          "higher": {"norm": "rmsnorm"}, "lower": {"norm": "layernorm"}}]}
+    p = tmp_path / "iso.yaml"
+    p.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "res"
+    assert runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "4"]).exit_code == 0
+    judged = {c.statement: res for _, c, _, res in judge(sources_for([p], out))}
+    assert judged["settled"]["settings"][0]["contrast"].method == "Stein two-stage"
+    other = judged["other"]["settings"]
+    assert all(s["contrast"].method == "paired t" and s["contrast"].n == (3,) for s in other)
