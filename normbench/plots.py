@@ -12,7 +12,7 @@ import os
 import textwrap
 from pathlib import Path
 
-from .compare import LR, Comparison, plain, group_label, short_names
+from .compare import LR, Comparison, _hashable, group_label, plain, short_names
 
 DPI = 120
 
@@ -310,7 +310,7 @@ def grad_norm_init_lines(c: Comparison) -> list[tuple]:
         if not len(runs):
             continue
         per_seed = runs.groupby("seed", sort=True)[col].first() if "seed" in runs else runs[col]
-        out.append((label, {k: runs.iloc[0][k] for k in by}, len(per_seed), _profile_mean(list(per_seed))))
+        out.append((label, {k: _hashable(runs.iloc[0][k]) for k in by}, len(per_seed), _profile_mean(list(per_seed))))
     return out
 
 
@@ -419,7 +419,7 @@ def resid_rms_lines(c: Comparison) -> list[tuple]:
             continue
         profiles = {k: [p for p in runs[k] if p] if k in runs else [] for k in (col, f"{col}_init")}
         seeds = runs["seed"].nunique() if "seed" in runs else len(runs)
-        out.append((label, {k: runs.iloc[0][k] for k in c.by}, seeds,
+        out.append((label, {k: _hashable(runs.iloc[0][k]) for k in c.by}, seeds,
                     _profile_mean(profiles[col], geometric=True),
                     _profile_mean(profiles[f"{col}_init"], geometric=True) if profiles[f"{col}_init"] else None))
     return out

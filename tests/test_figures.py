@@ -92,3 +92,16 @@ def test_every_figure_is_titled_with_its_recipe(quick):
     fig = plots.curves_figure(quick)
     assert fig._suptitle.get_text().startswith("q: training curves")
     assert plots.recipe_title(quick) == "q"
+
+
+def test_figures_draw_groups_whose_key_is_unset_for_some(tmp_path):
+    """dyt_data_regime: model.dyt_alpha_ffn is null for LayerNorm (NaN in the runs, '-' in the
+    table); the per-layer figures found no style for it."""
+    out = tmp_path / "results"
+    recipe = {"name": "d", "base": tiny(train={"steps": 4, "eval_every": 4, "measure_every": 2},
+                                        model={"dyt_alpha_ffn": 0.5}),
+              "sweep": {"grid": {"model.norm": ["layernorm", "dyt"], "data.max_chars": [20000, 30000]}}}
+    normbench.run_recipe(recipe, out=out, jobs=2, threads=1)
+    c = compare([out])
+    assert plots.grad_norm_init(c, tmp_path / "g.png").exists()
+    assert plots.resid_rms(c, tmp_path / "r.png").exists()
