@@ -554,4 +554,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 
     rows = [[r["claim"], r["source"], r["recipe"], r["test"], f"**{r['verdict']}**", r["evidence"], p(r["p"]),
              p(r["p_adjusted"])] for _, r in df.iterrows()]
-    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted"], rows)
+    legend = ("\nEvidence: each arm's mean ± the half-width of its 95% confidence interval (n seeds; geometric mean "
+              "×/÷ its interval factor on the log scale), the contrast with its 95% interval (an equivalence is "
+              "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting. "
+              f"p_adjusted: Holm over the {len(df)} claims listed. The rule: docs/claims.md.\n")
+    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted"], rows) + legend
