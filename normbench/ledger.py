@@ -39,11 +39,12 @@ from pathlib import Path
 import pandas as pd
 
 from .claims import AT_INIT, BINARY, CLAIMS_FILE, Claim, parse_claims
+from .evidence import LOSSES, evidence_text, to_markdown  # noqa: F401 (to_markdown: the ledger's format)
 from .errors import NormbenchError
-from .stats import ALPHA, Contrast, combine, holm, interval, paired, rates, seeds_for, sigma_upper, stein, unpaired
+from .stats import (ALPHA, Contrast, combine, holm, paired, rates, seeds_for, sigma_upper, stein,
+                    tie_diff, unpaired)
 
 SETTLE_FILE = "settle.yaml"  # the second stages of settled claims (settle.py), beside claims.yaml
-LOSSES = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats", "initial_loss")
 COLUMNS = ["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted", "p_against",
            "p_against_adjusted", "seeds", "seeds_needed", "metric", "settings"]
 
@@ -157,17 +158,10 @@ def seed_contrasts(claim: Claim, values: list[dict]) -> dict:
     for s in sorted(common):
         if claim.kind == "interaction":
             aL, bL, aS, bS = (v[s] for v in values)
-            out[s] = _sub(_sub(aL, bL), _sub(aS, bS))
+            out[s] = tie_diff(tie_diff(aL, bL), tie_diff(aS, bS))
         else:
-            out[s] = _sub(values[0][s], values[1][s])
+            out[s] = tie_diff(values[0][s], values[1][s])
     return {s: v for s, v in out.items() if not math.isnan(v)}
-
-
-def _sub(x: float, y: float) -> float:
-    """x - y where a failure (+inf) on both sides is a tie, not NaN."""
-    if math.isinf(x) and math.isinf(y) and x == y:
-        return 0.0
-    return x - y
 
 
 def contrast(claim: Claim, parts: list[pd.DataFrame], stage1: list | None = None) -> tuple[Contrast, list[dict]]:
@@ -341,97 +335,6 @@ def test_name(claim: Claim, method: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# evidence in words: group names, fixed decimals
-
-
-def group_name(selector: dict) -> str:
-    from .compare import plain, short_names
-
-    names = short_names(list(selector))
-    return ", ".join(f"{names[k]}={'|'.join(plain(v) for v in vs)}" for k, vs in selector.items())
-
-
-def fmt(claim: Claim, v: float) -> str:
-    """A value on the metric's own scale: losses with three decimals, the rest four significant digits."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if math.isinf(v):
-        return "diverged"
-    if claim.metric in LOSSES or claim.metric == "lr_sensitivity":
-        return f"{v:.3f}"
-    return f"{v:,.4g}"
-
-
-def describe_arm(claim: Claim, values: dict) -> str:
-    """mean ± 95% half-width (n), geometric on the log scale, rates as counts."""
-    vals = list(values.values())
-    if not vals:
-        return "no runs"
-    if claim.metric in BINARY:
-        return f"{int(sum(vals))}/{len(vals)} {claim.metric}"
-    failed = sum(math.isinf(v) for v in vals)
-    finite = [v for v in vals if math.isfinite(v)]
-    tail = f", {failed} diverged" if failed else ""
-    if not finite:
-        return f"all {len(vals)} diverged"
-    ci = interval(finite)
-    if claim.scale == "log":
-        spread = "" if math.isnan(ci.lo) else f" ×/÷ {math.exp(ci.half):.3g}"
-        return f"{fmt(claim, math.exp(ci.mean))}{spread} (geometric, n={len(vals)}{tail})"
-    half = "" if math.isnan(ci.lo) else f" ± {fmt(claim, ci.half)}"
-    return f"{fmt(claim, ci.mean)}{half} (n={len(vals)}{tail})"
-
-
-def describe_contrast(claim: Claim, c: Contrast) -> str:
-    if claim.metric in BINARY:
-        return f"{c.method}"
-    lo, hi = c.interval()
-    if claim.scale == "log":
-        est = f"ratio {math.exp(c.d):.3g}×" if math.isfinite(c.d) else "ratio -"
-        ci = "" if math.isnan(lo) else f" [95% CI {math.exp(lo):.3g}×, {math.exp(hi):.3g}×]"
-    else:
-        sign = (lambda v: f"{v:+.3f}" if claim.metric in LOSSES or claim.metric == "lr_sensitivity" else f"{v:+.4g}")
-        est = f"Δ {sign(c.d)}" if math.isfinite(c.d) else "Δ -"
-        ci = "" if math.isnan(lo) else f" [95% CI {sign(lo)}, {sign(hi)}]"
-    n = f"n={c.n[0]} pairs" if len(c.n) == 1 else "n=" + "/".join(map(str, c.n))
-    return f"{est}{ci}, {c.method}, {n}"
-
-
-def evidence_text(claim: Claim, res: dict) -> str:
-    parts = []
-    for s in res["settings"]:
-        where = f"{s['setting']}: " if s["setting"] else ""
-        vals, c = s["values"], s["contrast"]
-        if claim.kind == "interaction":
-            arms = (f"{group_name(claim.a)} − {group_name(claim.b)} at {group_name(claim.larger_at)}: "
-                    f"{_arm_diff(claim, vals[0], vals[1])} vs at {group_name(claim.smaller_at)}: "
-                    f"{_arm_diff(claim, vals[2], vals[3])}")
-        else:
-            arms = f"{group_name(claim.a)} {describe_arm(claim, vals[0])} vs {group_name(claim.b)} " \
-                   f"{describe_arm(claim, vals[1])}"
-        p = "p = -" if math.isnan(s["p"]) else f"p = {s['p']:.2g}"
-        test = "too few seeds to test" if not c.testable else f"{describe_contrast(claim, c)}, {p}"
-        more = f"; ~{s['needed']} seeds per arm would settle it" if s.get("needed") else ""
-        parts.append(f"{where}{arms}; {test} → {s['verdict']}{more}")
-    return " | ".join(parts)
-
-
-def _arm_diff(claim: Claim, a: dict, b: dict) -> str:
-    common = sorted(set(a) & set(b))
-    diffs = [_sub(a[s], b[s]) for s in common]
-    if not diffs:
-        return "-"
-    finite = [d for d in diffs if math.isfinite(d)]
-    if len(finite) < len(diffs):
-        return f"{len(diffs) - len(finite)} of {len(diffs)} seeds with a diverged run"
-    ci = interval(finite)
-    if claim.scale == "log":
-        return f"×{math.exp(ci.mean):.3g}"
-    half = "" if math.isnan(ci.lo) else f" ± {ci.half:.3f}"
-    return f"{ci.mean:+.3f}{half}"
-
-
-# ---------------------------------------------------------------------------------------------
 # the ledger
 
 
@@ -544,18 +447,3 @@ def verdict(row) -> str:
 def claims_ledger(paths=("recipes",), out="results") -> pd.DataFrame:
     """The Python API: the ledger of recipe files or results folders (as ``normbench claims``)."""
     return ledger(sources_for(paths, out))
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    from .compare import markdown_table
-
-    def p(v):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"
-
-    rows = [[r["claim"], r["source"], r["recipe"], r["test"], f"**{r['verdict']}**", r["evidence"], p(r["p"]),
-             p(r["p_adjusted"])] for _, r in df.iterrows()]
-    legend = ("\nEvidence: each arm's mean ± the half-width of its 95% confidence interval (n seeds; geometric mean "
-              "×/÷ its interval factor on the log scale), the contrast with its 95% interval (an equivalence is "
-              "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting. "
-              f"p_adjusted: Holm over the {len(df)} claims listed. The rule: docs/claims.md.\n")
-    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted"], rows) + legend

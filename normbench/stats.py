@@ -180,6 +180,13 @@ def _finite_rank(a, b=None):
     return fix(a) if b is None else (fix(a), fix(b))
 
 
+def tie_diff(x: float, y: float) -> float:
+    """x - y, where a failure (+inf) on both sides is a tie (0), not NaN."""
+    if math.isinf(x) and math.isinf(y) and x == y:
+        return 0.0
+    return x - y
+
+
 def _clean(values) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]
 
