@@ -86,7 +86,7 @@ def test_symbolic_tasks_take_the_unigram_from_sampled_training_targets(tiny_base
 
 
 def test_log_z_is_the_mean_log_partition_of_the_training_batch(tiny_base):
-    from normbench.trainer import log_z_summary
+    from normbench.summary import log_z_summary
 
     s = train(from_dict(tiny_base(train={"steps": 3, "measure_every": 1})), measure=True)
     assert s["final_log_z"] is not None and s["max_abs_log_z"] >= abs(s["final_log_z"])
@@ -137,7 +137,7 @@ def test_batch_statistics_fluctuation_against_a_hand_computation(norm, tiny_base
 
 
 def test_the_fluctuation_is_summarised_over_the_second_half(tiny_base):
-    from normbench.trainer import bn_dev_summary
+    from normbench.summary import bn_dev_summary
 
     devs = [(1, 9.0, 9.0), (11, 1.0, 2.0), (21, 3.0, 4.0)]  # step 1 compares with the init (0 and 1)
     assert bn_dev_summary(devs, 20) == {"bn_mean_dev": 2.0, "bn_var_dev": 3.0}
