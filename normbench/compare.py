@@ -230,10 +230,10 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
                     row["resid_rms_by_layer_init"] = summary.get("resid_rms_by_layer_init") or []
                 rows.append(row)
             if unfinished:
-                notes.append(f"{d}: {_count(unfinished, 'run')} not finished (still running or interrupted; "
+                notes.append(f"{d}: {count(unfinished, 'run')} not finished (still running or interrupted; "
                              f"`normbench run` resumes them): {', '.join(unfinished)}")
             if dups:
-                notes.append(f"{d}: {_count(dups, 'run')} skipped as already read from another folder "
+                notes.append(f"{d}: {count(dups, 'run')} skipped as already read from another folder "
                              f"(same run id; the first folder read is used): {', '.join(dups)}")
     runs = pd.DataFrame(rows)
     if not runs.empty:
@@ -244,7 +244,7 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
     return runs, notes, sources
 
 
-def _count(items, word: str) -> str:
+def count(items, word: str) -> str:
     return f"{len(items)} {word}{'s' if len(items) != 1 else ''}"
 
 
@@ -309,7 +309,7 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
     (Welch's t-test of the group against the best on ``metric``) and ``same_as_best``."""
     lower = METRICS[metric][1]
     rows, ranked = [], []
-    for key, g in _groups(runs, by):
+    for key, g in groups(runs, by):
         ok = g[~g["diverged"].astype(bool)]
         row = dict(zip(by, key))
         row["n"] = len(g)
@@ -367,17 +367,17 @@ def _against_best(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.drop(columns=["_values"])
 
 
-def _groups(runs: pd.DataFrame, by: list[str]):
+def groups(runs: pd.DataFrame, by: list[str]):
     """(values tuple, frame) per distinct combination of ``by``, in first-seen order."""
     if not by:
         yield (), runs
         return
-    keys = runs[by].apply(lambda r: tuple(_hashable(v) for v in r), axis=1)
+    keys = runs[by].apply(lambda r: tuple(hashable(v) for v in r), axis=1)
     for key in dict.fromkeys(keys):
         yield key, runs[keys == key]
 
 
-def _hashable(v):
+def hashable(v):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return v.item() if hasattr(v, "item") else v
@@ -393,7 +393,7 @@ def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFra
     loss_metric = metric if metric in LOSS_METRICS else "final_val_loss"
     others = [k for k in by if k != LR]
     rows = []
-    for key, g in _groups(runs, others):
+    for key, g in groups(runs, others):
         cap, curve = lr_curve(g, loss_metric)
         per_seed = seed_sensitivities(g, loss_metric)
         if len(curve) < 2 or not per_seed:
@@ -470,7 +470,7 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
     crashed = runs[runs["status"] == "crashed"]
     done = runs[runs["status"].isin(store.DONE)].copy()
     if done.empty:
-        raise NormbenchError(f"no finished runs to compare (only {_count(crashed, 'crashed run')})",
+        raise NormbenchError(f"no finished runs to compare (only {count(crashed, 'crashed run')})",
                              file=", ".join(map(str, paths)))
     done["diverged"] = done["diverged"].astype(bool)
     auto = varied_factors(done)
@@ -533,8 +533,8 @@ def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str
     sens = lr_sensitivity(done, by, metric)
     if sens is not None:
         others = [k for k in by if k != LR]
-        lookup = {tuple(_hashable(r[k]) for k in others): r["lr_sensitivity"] for _, r in sens.iterrows()}
-        table["lr_sensitivity"] = [lookup.get(tuple(_hashable(r[k]) for k in others), math.nan)
+        lookup = {tuple(hashable(r[k]) for k in others): r["lr_sensitivity"] for _, r in sens.iterrows()}
+        table["lr_sensitivity"] = [lookup.get(tuple(hashable(r[k]) for k in others), math.nan)
                                    for _, r in table.iterrows()]
     done["group"] = done[by].apply(lambda r: group_label(r, by), axis=1) if by else "all runs"
     return Comparison(by=by, metric=metric, metrics=metrics, table=table, runs=done, crashed=crashed,
@@ -543,4 +543,4 @@ def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str
 
 # the output formats live in tables.py; re-exported here for the callers of normbench.compare
 from .tables import (against_best_words, cell, display_rows, fmt_value, legend, markdown_table,  # noqa: E402,F401
-                     records, sensitivity_rows, to_csv, to_json, to_markdown, vs_best, _sens_metric)
+                     records, sensitivity_rows, to_csv, to_json, to_markdown, vs_best, sens_metric)

@@ -12,7 +12,7 @@ import os
 import textwrap
 from pathlib import Path
 
-from .compare import LR, Comparison, _hashable, group_label, plain, short_names
+from .compare import LR, Comparison, hashable, group_label, plain, short_names
 
 DPI = 120
 
@@ -310,7 +310,7 @@ def grad_norm_init_lines(c: Comparison) -> list[tuple]:
         if not len(runs):
             continue
         per_seed = runs.groupby("seed", sort=True)[col].first() if "seed" in runs else runs[col]
-        out.append((label, {k: _hashable(runs.iloc[0][k]) for k in by}, len(per_seed), _profile_mean(list(per_seed))))
+        out.append((label, {k: hashable(runs.iloc[0][k]) for k in by}, len(per_seed), _profile_mean(list(per_seed))))
     return out
 
 
@@ -340,7 +340,7 @@ def lr_lines(c: Comparison) -> list[tuple]:
     """Per combination of the factors other than the learning rate: (label, row, sensitivity, [(lr,
     mean capped loss over seeds, 95% half-width over seeds)], cap), from the same capped losses as
     the LR sensitivity (``compare.capped_losses``)."""
-    from .compare import _groups, capped_losses
+    from .compare import groups, capped_losses
     from .stats import interval
 
     if c.sensitivity is None:
@@ -349,7 +349,7 @@ def lr_lines(c: Comparison) -> list[tuple]:
     names = short_names(others)
     metric = c.metric if c.metric.endswith("loss") and c.metric in c.runs else "final_val_loss"
     out = []
-    for key, g in _groups(c.runs, others):
+    for key, g in groups(c.runs, others):
         rows = capped_losses(g, metric)
         by_lr: dict = {}
         for lr, loss, _ in rows:
@@ -419,7 +419,7 @@ def resid_rms_lines(c: Comparison) -> list[tuple]:
             continue
         profiles = {k: [p for p in runs[k] if p] if k in runs else [] for k in (col, f"{col}_init")}
         seeds = runs["seed"].nunique() if "seed" in runs else len(runs)
-        out.append((label, {k: _hashable(runs.iloc[0][k]) for k in c.by}, seeds,
+        out.append((label, {k: hashable(runs.iloc[0][k]) for k in c.by}, seeds,
                     _profile_mean(profiles[col], geometric=True),
                     _profile_mean(profiles[f"{col}_init"], geometric=True) if profiles[f"{col}_init"] else None))
     return out

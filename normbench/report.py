@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import __version__, plots, store
-from .compare import Comparison, plain, _sens_metric, against_best_words, display_rows, fmt_value, legend, \
+from .compare import Comparison, plain, sens_metric, against_best_words, display_rows, fmt_value, legend, \
     markdown_table, sensitivity_rows, short_names
 
 FIGURES = "figures"
@@ -187,7 +187,7 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
     if "lr_sensitivity" in figs:
         lines += ["## Learning-rate sensitivity", "",
                   f"Per configuration, the mean over the learning rates of min(loss, ln V) minus the best loss, on "
-                  f"the seed mean of {_sens_metric(c)}; a diverged "
+                  f"the seed mean of {sens_metric(c)}; a diverged "
                   "seed counts as ln V, the loss of a uniform guess (Wortsman et al. 2023). Lower is more "
                   "forgiving.", "", markdown_table(*sensitivity_rows(c)),
                   f"![loss against learning rate]({figs['lr_sensitivity']})", ""]

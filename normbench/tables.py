@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from .compare import (LOSS_METRICS, LR, METRICS, OVER_ALL_RUNS, SPEED_METRICS, Comparison, _count, _hashable,
+from .compare import (LOSS_METRICS, LR, METRICS, OVER_ALL_RUNS, SPEED_METRICS, Comparison, count, hashable,
                       plain, short_names)
 
 
@@ -17,7 +17,7 @@ def records(table: pd.DataFrame) -> list[dict]:
     def clean(v):
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
-        v = _hashable(v)
+        v = hashable(v)
         return None if v == "-" else v
 
     return [{k: clean(v) for k, v in r.items()} for _, r in table.iterrows()]
@@ -155,13 +155,13 @@ def to_markdown(c: Comparison) -> str:
     parts = []
     for part in split:
         if len(split) > 1:
-            parts.append(f"### {part.recipe}: {_count(part.runs, 'run')}, grouped by "
+            parts.append(f"### {part.recipe}: {count(part.runs, 'run')}, grouped by "
                          f"{', '.join(f'`{k}`' for k in part.by) or 'nothing'}")
         parts += [markdown_table(*display_rows(part), bold_row=part.best), legend(part)]
         if (words := against_best_words(part)):
             parts.append(words)
         if part.sensitivity is not None:
-            parts += [f"Learning-rate sensitivity of {_sens_metric(part)} (Wortsman et al. 2023: mean over the "
+            parts += [f"Learning-rate sensitivity of {sens_metric(part)} (Wortsman et al. 2023: mean over the "
                       "learning rates of min(loss, ln V) minus the best; lower is more forgiving):",
                       markdown_table(*sensitivity_rows(part))]
     if c.notes:
@@ -169,5 +169,5 @@ def to_markdown(c: Comparison) -> str:
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
-def _sens_metric(c: Comparison) -> str:
+def sens_metric(c: Comparison) -> str:
     return c.metric if c.metric in LOSS_METRICS else "final_val_loss"
