@@ -140,7 +140,7 @@ def fit_columns(build, cols: list, keep: set, width: int) -> tuple[Table, list]:
 def _results_table(df, varied: list[str], name: str = "", width: int | None = None) -> tuple[Table, list]:
     """The end-of-run table: run id, the swept keys and status are never cut (compare's rule); metric
     columns are left out from the right to fit the width, and named."""
-    from .compare import fmt_value  # (compare first: it re-exports tables, which imports it)
+    from .tables import fmt_value
 
     cols = [c for c in ["run_id", *varied, *list(RESULT_COLUMNS)[1:]] if c in df.columns]
 

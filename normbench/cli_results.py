@@ -42,7 +42,7 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
     """The comparison as a rich table that fits ``width``: the columns naming each row (the factors,
     n, diverged) and the ranking metric are never cut; the other metric columns are left out from
     the right until the table fits. Returns the table and the titles left out."""
-    from .compare import display_rows, legend
+    from .tables import display_rows, legend
 
     header, rows = display_rows(c)
     fixed = len(c.by) + 3  # factors, n, diverged, vs best
@@ -67,7 +67,7 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
 
 
 def _rich_sensitivity(c) -> Table:
-    from .compare import sensitivity_rows
+    from .tables import sensitivity_rows
 
     header, rows = sensitivity_rows(c)
     table = Table(title="LR sensitivity (lower: more forgiving)",
@@ -98,7 +98,7 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
     Diverged runs are counted (diverged column), never averaged in. Crashed or unfinished runs
     are listed in notes, and the rest is compared anyway.
     """
-    from . import compare as cmp
+    from .tables import to_csv, to_json, to_markdown
 
     fmt = format_ or (SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output else "table")
     if fmt not in FORMATS:
@@ -130,7 +130,7 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
             console.print(f"note: {note}", markup=False, style="yellow")
         text = console.file.getvalue() if output is not None else None
     else:
-        text = {"csv": cmp.to_csv, "markdown": cmp.to_markdown, "json": cmp.to_json}[fmt](c)
+        text = {"csv": to_csv, "markdown": to_markdown, "json": to_json}[fmt](c)
         if output is None:
             sys.stdout.write(text)
             for note in c.notes:  # stdout stays machine-readable

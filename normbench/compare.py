@@ -540,7 +540,3 @@ def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str
     return Comparison(by=by, metric=metric, metrics=metrics, table=table, runs=done, crashed=crashed,
                       sensitivity=sens, notes=notes, sources=sources)
 
-
-# the output formats live in tables.py; re-exported here for the callers of normbench.compare
-from .tables import (against_best_words, cell, display_rows, fmt_value, legend, markdown_table,  # noqa: E402,F401
-                     records, sensitivity_rows, to_csv, to_json, to_markdown, vs_best, sens_metric)

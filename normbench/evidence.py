@@ -102,7 +102,7 @@ def _arm_diff(claim: Claim, a: dict, b: dict) -> str:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    from .compare import markdown_table
+    from .tables import markdown_table
 
     def p(v):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"

@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import __version__, plots, store
-from .compare import Comparison, plain, sens_metric, against_best_words, display_rows, fmt_value, legend, \
-    markdown_table, sensitivity_rows, short_names
+from .compare import Comparison, plain, short_names
+from .tables import (against_best_words, display_rows, fmt_value, legend, markdown_table, sens_metric,
+                     sensitivity_rows)
 
 FIGURES = "figures"
 FORMATS = ("png", "pdf", "svg")

@@ -196,7 +196,7 @@ def test_the_table_at_the_end_of_run_never_cuts_a_name(tmp_path, columns, monkey
 
 
 def test_huge_values_print_in_scientific_notation():
-    from normbench.compare import fmt_value
+    from normbench.tables import fmt_value
 
     assert fmt_value(77138552160256.0) == "7.714e+13" and fmt_value(1234.5) == "1,234"
 
@@ -214,3 +214,10 @@ def test_a_crashed_runs_reason_is_printed_by_run(tmp_path):
     p.write_text(yaml.safe_dump({"name": "c", "base": tiny(model={"d_ff": TOO_BIG_D_FF})}))
     res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "r"), "-q"])
     assert res.exit_code == 1 and f"crashed: " in res.output and ALLOC_ERROR in res.output
+
+
+@pytest.mark.parametrize("module", ["tables", "evidence", "ledger", "settle", "summary", "estimate"])
+def test_every_module_imports_on_its_own(module):
+    """No import cycle that only works in one order (tables imported first used to fail)."""
+    res = subprocess.run([sys.executable, "-c", f"import normbench.{module}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

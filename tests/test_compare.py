@@ -375,7 +375,7 @@ def test_diverged_groups_show_their_stability_measures(sweep):
         runs = runs_of(df, row["model.placement"], 5.0)
         assert row["max_grad_norm_mean"] == pytest.approx(statistics.mean(runs["max_grad_norm"]), rel=1e-12)
         assert row["max_attn_logit_mean"] == pytest.approx(statistics.mean(runs["max_attn_logit"]), rel=1e-12)
-    from normbench.compare import cell
+    from normbench.tables import cell
 
     row = blown.iloc[0]
     assert cell(row, "final_val_loss") == "diverged" and cell(row, "max_grad_norm")[0].isdigit()
