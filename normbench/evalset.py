@@ -79,7 +79,7 @@ def mean_loss(model, batches: list[Batch], autocast) -> float:
         with autocast():
             logits = model(x, mask)
         total += loss_sum(logits, y).item()
-        n += int((y != IGNORE).sum())
+        n += targets(Batch(x, y, mask))
     return total / max(n, 1)
 
 

@@ -256,9 +256,12 @@ class Transformer(nn.Module):
                 m.stat_dev = None
 
     def batch_stat_norms(self) -> list[nn.Module]:
-        from .norms import BatchStats
+        """The norms with running statistics, found once (this is asked every training step)."""
+        if getattr(self, "_stat_norms", None) is None:
+            from .norms import BatchStats
 
-        return [m for m in self.modules() if isinstance(m, BatchStats)]
+            self._stat_norms = [m for m in self.modules() if isinstance(m, BatchStats)]
+        return self._stat_norms
 
     def bn_stat_dev(self) -> torch.Tensor | None:
         """(2,) Shen et al. 2020's batch-vs-running distance of mean and variance, averaged over the

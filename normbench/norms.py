@@ -125,23 +125,16 @@ class BatchNorm(BatchStats, nn.BatchNorm1d):
         return super().forward(flat).reshape(shape)  # (B*T, d) -> (B, T, d)
 
 
-class MaskedBatchNorm(BatchStats, nn.BatchNorm1d):
+class MaskedBatchNorm(BatchNorm):
     """BatchNorm whose batch statistics (and running statistics) come from real tokens only.
 
     Normalises every position, padding included, with those statistics, so real
     tokens' outputs do not depend on how much padding the batch carries.
     """
 
-    def __init__(self, d: int, eps: float, **_):
-        super().__init__(d, eps=eps)
-
     def forward(self, x, mask=None):
-        if mask is None or not self.training:
-            shape = x.shape
-            flat = x.reshape(-1, shape[-1])
-            if self.measure_stats and self.training:
-                self.record_stats(flat.mean(0), flat.var(0, unbiased=False), self.running_mean, self.running_var)
-            return super().forward(flat).reshape(shape)
+        if mask is None or not self.training:  # nothing to leave out: plain BatchNorm
+            return super().forward(x)
         m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         n = m.sum()
         mean = (x * m).sum(dim=(0, 1)) / n  # (d,)

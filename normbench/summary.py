@@ -17,6 +17,7 @@ from . import __version__
 from .evalset import unigram_loss
 from .provenance import cpu_info
 
+
 def plugin_record(norm: str) -> dict | None:
     """Where a plugin norm came from: the file and its text's SHA-256 (part of the run id)."""
     from .registry import plugin_of

@@ -288,7 +288,8 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     gen = task.generator(cfg.seed)
     evalset = validation_set(task, t.eval_tokens)
     eval_chunks = evalset.chunks
-    bn_batches = evalset.batches(t.batch_size) if measure and batch_norms(model) else []
+    sized = evalset.batches(t.batch_size) if measure else []  # the validation set cut as training batches
+    bn_batches = sized if batch_norms(model) else []
     # model-update probe: the first 8 validation sequences, and F(x, θ_0) on them
     ux, _, umask = evalset.first(UPDATE_PROBE_SEQS)
     f0 = model_output(model, ux, umask) if measure else None
@@ -361,7 +362,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
         log.close()
     leak = None
     if measure:  # on the first training-sized batch of the validation set
-        x0, _, mask0 = (bn_batches or evalset.batches(t.batch_size))[0]
+        x0, _, mask0 = sized[0]
         leak = causal_leak(model, x0, mask0, task.vocab_size, autocast)
     return summarize(cfg, trace, stab, task, params, device, resolve_precision(device, t.precision), evalset, leak,
                      tokens, train_s, wall0,
