@@ -360,7 +360,8 @@ def lr_lines(c: Comparison) -> list[tuple]:
         sens = c.sensitivity
         for k, v in row.items():
             sens = sens[sens[k].map(plain) == plain(v)]
-        points = [(lr, interval(v).mean, interval(v).half if len(v) > 1 else 0.0) for lr, v in sorted(by_lr.items())]
+        points = [(lr, interval(v).mean, interval(v).half if len(v) > 1 else 0.0, len(v))
+                  for lr, v in sorted(by_lr.items())]
         label = ", ".join(f"{names[k]}={plain(v)}" for k, v in row.items()) or "all runs"
         out.append((label, row, float(sens["lr_sensitivity"].iloc[0]) if len(sens) else math.nan, points,
                     sum(cap for *_, cap in rows) / len(rows)))
@@ -380,9 +381,10 @@ def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = No
     lows, highs = [], []
     for label, row, sens, points, cap in lines:
         color, ls = palette.style(row, with_lr=False)
-        lrs, means, halves = zip(*points)
+        lrs, means, halves, ns = zip(*points)
+        n = f"{min(ns)} seeds" if min(ns) == max(ns) else f"{min(ns)} to {max(ns)} seeds by rate"
         ax.errorbar(lrs, means, yerr=halves, color=color, ls=ls, marker="o", ms=4, capsize=3,
-                    label=f"{label} (sensitivity {sens:.3f})")
+                    label=f"{label}\n(sensitivity {sens:.3f}; {n})")
         lows += [m - h for m, h in zip(means, halves)]
         highs += [m + h for m, h in zip(means, halves)]
     cap = max(cap for *_, cap in lines)
@@ -397,7 +399,7 @@ def lr_sensitivity(c: Comparison, path: str | Path, palette: Palette | None = No
                  "more forgiving)")
     log_ticks(ax, "x")
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside: never over the data
     return _save(fig, path)
 
 
