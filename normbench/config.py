@@ -419,5 +419,7 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
 def check_dotted_key(key: str) -> None:
     """Raise unless ``key`` names a config field (with a suggestion for near misses)."""
     valid = [k for k, *_ in all_keys()]
+    if key in REMOVED_KEYS:
+        raise NormbenchError(REMOVED_KEYS[key], key=key)
     if key not in valid:
         raise NormbenchError(f"unknown key{suggest(key, valid)}", key=key)

@@ -159,3 +159,14 @@ def test_the_summary_names_the_cpu(tiny_base):
 
     s = train(from_dict(tiny_base(train={"steps": 2, "eval_every": 2})))
     assert s["cpu"] == cpu_info() and set(s["cpu"]["flags"]) <= set(CPU_FLAGS) and s["cpu"]["model"]
+
+
+def test_eval_batches_in_a_flag_names_its_replacement(tmp_path):
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nbase: {}\n")
+    res = CliRunner().invoke(app, ["validate", str(p), "--set", "train.eval_batches=8"])
+    assert res.exit_code == 2 and "use train.eval_tokens" in res.output
