@@ -1,4 +1,4 @@
-"""A norm of your own: a plugin file for normbench (README: Bring your own norm).
+"""A norm of your own: a plugin file for normbench (docs/plugins.md).
 
     normbench run examples/my_norm_vs_ln.yaml --plugin examples/my_norm.py
     normbench compare results/my_norm_vs_ln

@@ -1,12 +1,27 @@
 """normbench: normalization ablations for tiny Transformers.
 
 The Python API (``run_recipe``, ``load_results``, ``load_curves``, ``train``, ...) is imported lazily so
-that ``normbench --help`` never pays for importing torch.
+that ``normbench --help`` never pays for importing torch: each name below is resolved from its
+module the first time it is read.
 """
-__version__ = "0.5.0"
+import importlib
 
-__all__ = ["run_recipe", "load_results", "load_curves", "train", "load_recipe", "compare_results", "write_report",
-           "register_norm", "load_plugin", "claims_ledger", "__version__"]
+from .version import __version__
+
+# public name -> "module:attribute"
+API = {
+    "run_recipe": "normbench.sweep.execute:run_recipe",
+    "load_results": "normbench.sweep.store:load_results",
+    "load_curves": "normbench.analysis.curves:load_curves",
+    "train": "normbench.trainer:train",
+    "load_recipe": "normbench.recipe:load_recipe",
+    "compare_results": "normbench.analysis.compare:compare",  # "compare" is the subpackage's module
+    "write_report": "normbench.render.report:write_report",
+    "register_norm": "normbench.registry:register_norm",
+    "load_plugin": "normbench.plugins:load_plugin",
+    "claims_ledger": "normbench.analysis.ledger:claims_ledger",
+}
+__all__ = [*API, "__version__"]
 
 
 def __dir__():  # the lazy names too, for tab completion and dir(normbench)
@@ -14,31 +29,7 @@ def __dir__():  # the lazy names too, for tab completion and dir(normbench)
 
 
 def __getattr__(name):
-    if name == "run_recipe":
-        from .sweep import run_recipe
-        return run_recipe
-    if name == "load_results":
-        from .store import load_results
-        return load_results
-    if name in ("register_norm", "load_plugin"):
-        from . import registry
-        return getattr(registry, name)
-    if name == "claims_ledger":
-        from .ledger import claims_ledger
-        return claims_ledger
-    if name == "load_curves":
-        from .curves import load_curves
-        return load_curves
-    if name == "load_recipe":
-        from .recipe import load_recipe
-        return load_recipe
-    if name == "compare_results":  # not "compare": that is the submodule normbench.compare
-        from .compare import compare as compare_results
-        return compare_results
-    if name == "write_report":
-        from .report import write_report
-        return write_report
-    if name == "train":
-        from .trainer import train
-        return train
-    raise AttributeError(f"module 'normbench' has no attribute {name!r}")
+    if name not in API:
+        raise AttributeError(f"module 'normbench' has no attribute {name!r}")
+    module, attr = API[name].split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -35,12 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .config import RunConfig
 from .data import make_task
 from .errors import NormbenchError
 from .model import Transformer
-from .trainer import autocast_for, causal_leak, lm_loss, resolve_device, resolve_precision, train
+from .probes import causal_leak
+from .trainer import autocast_for, lm_loss, resolve_device, resolve_precision, train
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +167,35 @@ class StepClock:
         return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:])]
 
 
+def time_variants(cfg: RunConfig, variants: dict, rounds: int, warmup: int, device, say) -> tuple[dict, dict]:
+    """Each variant's mean step time per round (the rounds alternate which variant goes first), and the
+    seconds to its first timed step: {variant: [per round]} twice."""
+    total = cfg.train.steps
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    first_steps_s: dict[str, list[float]] = {k: [] for k in variants}
+    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
+        names = list(variants)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts with another
+                measure = variants[name]
+                say(f"round {r + 1}/{rounds}: {name}")
+                clock, t0 = StepClock(), time.perf_counter()
+                if measure is None:
+                    reference_run(cfg, total, device, clock)
+                else:  # the real training loop, writing metrics.jsonl as a run does
+                    train(cfg, Path(tmp) if measure else None, on_progress=clock, measure=measure)
+                st = clock.step_times(warmup)
+                if not st:
+                    raise NormbenchError(f"the {name} run stopped at step {clock.marks[-1][0] if clock.marks else 0} "
+                                         f"of {total} (diverged?); bench needs a configuration that trains",
+                                         key="train.lr")
+                times[name].append(sum(st) / len(st))  # the round's mean: periodic probes count in full
+                first = [t for s, t in clock.marks if s == warmup]
+                first_steps_s[name].append((first[0] if first else time.perf_counter()) - t0)
+
+    return times, first_steps_s
+
+
 def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, threads: int | None = None,
           reference: bool = True, off: bool = True, progress=None) -> dict:
     """Time the variants and return the figures (see the module docstring)."""
@@ -194,27 +224,7 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         variants["measurements_off"] = False
     if reference:
         variants["reference"] = None
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    first_steps_s: dict[str, list[float]] = {k: [] for k in variants}
-    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
-        names = list(variants)
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts with another
-                measure = variants[name]
-                say(f"round {r + 1}/{rounds}: {name}")
-                clock, t0 = StepClock(), time.perf_counter()
-                if measure is None:
-                    reference_run(cfg, total, device, clock)
-                else:  # the real training loop, writing metrics.jsonl as a run does
-                    train(cfg, Path(tmp) if measure else None, on_progress=clock, measure=measure)
-                st = clock.step_times(warmup)
-                if not st:
-                    raise NormbenchError(f"the {name} run stopped at step {clock.marks[-1][0] if clock.marks else 0} "
-                                         f"of {total} (diverged?); bench needs a configuration that trains",
-                                         key="train.lr")
-                times[name].append(sum(st) / len(st))  # the round's mean: periodic probes count in full
-                first = [t for s, t in clock.marks if s == warmup]
-                first_steps_s[name].append((first[0] if first else time.perf_counter()) - t0)
+    times, first_steps_s = time_variants(cfg, variants, rounds, warmup, device, say)
 
     # bf16 may use the fp32 units too: where bf16 is not accelerated (most CPUs) fp32 is its peak
     peak_used = max(peak["fp32"], peak.get("bf16") or 0.0) if precision == "bf16" else peak["fp32"]
@@ -275,6 +285,3 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine() or "cpu"
 
-
-def is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

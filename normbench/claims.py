@@ -39,35 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NormbenchError, Problems
+from .measures import BINARY, CLAIM_METRICS, LOG_SCALE
 
 CLAIM_KEYS = ("source", "statement", "metric", "where", "higher", "lower", "same", "candidate", "reference",
               "larger_at", "smaller_at", "margin", "scale", "across", "paired", "effect")
 KINDS = ("directional", "same", "noninferior", "interaction")
 CLAIMS_FILE = "claims.yaml"  # written into a recipe's results folder, so `normbench claims RESULTS` finds them
 VERDICTS = ("held", "not held", "inconclusive")
-# metrics a claim may use besides compare's: per run, or (lr_sensitivity) per seed over the learning rates
-DERIVED = {
-    "diverged": "1 for a run that diverged, 0 otherwise: tested as a rate, with Fisher's exact test",
-    "stalled": "1 for a run that ended within 0.05 nats of the unigram loss (it learned the token frequencies "
-               "at most), 0 otherwise; a diverged run is not counted: tested with Fisher's exact test",
-    "grad_norm_init_last_over_first": "the FFN gradient norm at initialisation of the last block over the first's "
-                                      "(Xiong et al. 2020: above 1 under Post-LN); taken at step 0",
-    "abs_final_log_z": "|final_log_z|: how far the output log-partition ends from 0, where z-loss pushes it "
-                       "(Wortsman et al. 2023)",
-    "resid_log_slope": "the least-squares slope of ln(residual RMS) over the block index, from resid_rms_by_layer "
-                       "at the last measure step (the curse of depth: how fast the residual grows across layers)",
-    "lr_sensitivity": "per seed, over the learning rates of the group (train.lr must vary): the mean of "
-                      "min(loss, initial loss) minus the best (Wortsman et al. 2023), final_val_loss, a diverged "
-                      "run at the cap; the cap is the run's loss at step 1 (the loss at initialisation)",
-}
-BINARY = ("diverged", "stalled")  # rates: Fisher's exact test, directional only
-# multiplicative, heavy-tailed metrics: compared as logs by default, reported as ratios of geometric means
-LOG_SCALE = ("max_grad_norm", "median_grad_norm", "max_attn_logit", "max_model_update", "resid_rms_last",
-             "resid_rms_growth", "grad_norm_init_last_over_first", "bn_mean_dev", "bn_var_dev")
-# taken at initialisation: a setting never splits them by keys that act only after step 0 (plots.AFTER_INIT)
-AT_INIT = ("grad_norm_init_last_over_first",)
-
-
 @dataclass(frozen=True)
 class Claim:
     source: str
@@ -127,8 +105,7 @@ GROUP_KEYS = ("higher", "lower", "same", "candidate", "reference", "larger_at", 
 
 
 def _claim(item: Any, where: str, runs) -> Claim:
-    from .compare import METRICS
-    from .config import suggest
+    from .dotted import suggest
 
     if not isinstance(item, dict):
         raise NormbenchError("expected a mapping with source, statement, metric and the groups of its test "
@@ -142,9 +119,9 @@ def _claim(item: Any, where: str, runs) -> Claim:
         if not isinstance(item.get(k), str) or not item.get(k).strip():
             problems.add(NormbenchError("expected a non-empty string", key=f"{where}.{k}"))
     metric = item.get("metric")
-    metrics = [m for m in METRICS if m not in ("tokens_per_s", "wall_s")] + [m for m in DERIVED if m not in METRICS]
-    if metric not in metrics:
-        problems.add(NormbenchError(f"expected one of {', '.join(metrics)}, got {metric!r}", key=f"{where}.metric"))
+    if metric not in CLAIM_METRICS:
+        problems.add(NormbenchError(f"expected one of {', '.join(CLAIM_METRICS)}, got {metric!r}",
+                                    key=f"{where}.metric"))
     kind = _kind(item)
     for k in GROUP_KEYS:
         if k in item and k not in KIND_KEYS[kind]:
@@ -178,15 +155,31 @@ def _claim(item: Any, where: str, runs) -> Claim:
         problems.add(NormbenchError(f"expected {what}, got {effect!r}", key=f"{where}.effect"))
         effect = None
     if metric in BINARY:
-        if kind != "directional":
-            problems.add(NormbenchError(f"{metric} is a rate (Fisher's exact test): only higher/lower claims",
-                                        key=f"{where}.metric"))
-        if margin != default_margin:
-            problems.add(NormbenchError(f"{metric} is a rate: no margin", key=f"{where}.margin"))
-        if across == "average":
-            problems.add(NormbenchError(f"{metric} is a rate: across: every only", key=f"{where}.across"))
-        if scale == "log":
-            problems.add(NormbenchError(f"{metric} is a rate (0 or 1 per run): linear scale only", key=f"{where}.scale"))
+        check_rate(metric, kind, margin != default_margin, across, scale, where, problems)
+    sel = groups_of(item, kind, where, runs, problems)
+    problems.raise_any()
+    return Claim(item["source"].strip(), item["statement"].strip(), metric, sel["where"], sel["a"], sel["b"], kind,
+                 float(margin), scale, across, paired, None if effect is None else float(effect),
+                 sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=item)
+
+
+def check_rate(metric: str, kind: str, has_margin: bool, across: str, scale: str, where: str,
+               problems: Problems) -> None:
+    """A rate (diverged, stalled) is tested by Fisher's exact test: directional, no margin, every setting,
+    linear."""
+    if kind != "directional":
+        problems.add(NormbenchError(f"{metric} is a rate (Fisher's exact test): only higher/lower claims",
+                                    key=f"{where}.metric"))
+    if has_margin:
+        problems.add(NormbenchError(f"{metric} is a rate: no margin", key=f"{where}.margin"))
+    if across == "average":
+        problems.add(NormbenchError(f"{metric} is a rate: across: every only", key=f"{where}.across"))
+    if scale == "log":
+        problems.add(NormbenchError(f"{metric} is a rate (0 or 1 per run): linear scale only", key=f"{where}.scale"))
+
+
+def groups_of(item: dict, kind: str, where: str, runs, problems: Problems) -> dict:
+    """The claim's groups as selectors: where, a and b (and larger_at/smaller_at for an interaction)."""
     sel = {}
     with problems.check():
         sel["where"] = _selector(item.get("where") or {}, f"{where}.where", runs, allow_empty=True)
@@ -207,15 +200,13 @@ def _claim(item: Any, where: str, runs) -> Claim:
                 continue
             with problems.check():
                 sel[side] = _selector(item[name], f"{where}.{name}", runs)
-    problems.raise_any()
-    return Claim(item["source"].strip(), item["statement"].strip(), metric, sel["where"], sel["a"], sel["b"], kind,
-                 float(margin), scale, across, paired, None if effect is None else float(effect),
-                 sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=item)
+    return sel
 
 
 def _selector(raw: Any, where: str, runs, allow_empty: bool = False) -> dict[str, list]:
     """{dotted key: accepted values}; keys are recipe keys (short names resolve), values scalars or lists."""
-    from .compare import config_keys, matches, resolve_key
+    from .config import config_keys
+    from .dotted import matches, resolve_key
 
     if not isinstance(raw, dict) or (not raw and not allow_empty):
         raise NormbenchError("expected a mapping of recipe keys to values, e.g. {model.norm: rmsnorm}", key=where)
@@ -227,7 +218,7 @@ def _selector(raw: Any, where: str, runs, allow_empty: bool = False) -> dict[str
             raise NormbenchError(f"expected a value or a list of values for {key}, got {v!r}", key=where)
         out[key] = values
     if runs is not None and out:
-        from .config import get_dotted
+        from .dotted import get_dotted
 
         if not any(all(any(matches(get_dotted(r.cfg.to_dict(), k), str(x)) for x in vs) for k, vs in out.items())
                    for r in runs):

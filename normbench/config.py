@@ -9,7 +9,6 @@ CLI validates recipes and answers ``--help`` without it.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -18,52 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from . import textfile
+from .catalog import NEEDS_A_NORM
+from .dotted import suggest
 from .errors import NormbenchError, Problems
-
-NORMS = {
-    "layernorm": "LayerNorm over d_model (nn.LayerNorm): per-token mean and variance, gain and bias",
-    "layernorm_nobias": "LayerNorm without the bias (nn.LayerNorm(bias=False))",
-    "rmsnorm": "RMSNorm (nn.RMSNorm): x/rms(x) with a gain, no centring",
-    "scalenorm": "ScaleNorm: g*x/||x||, one scalar gain g initialised to sqrt(d_model)",
-    "dyt": "Dynamic Tanh: gamma*tanh(alpha*x)+beta, scalar alpha initialised to model.dyt_alpha "
-           "(model.dyt_alpha_ffn for the norms not in front of attention)",
-    "dyt_nobias": "Dynamic Tanh without beta, as the DyT LLaMA code: gamma*tanh(alpha*x)",
-    "derf": "Dynamic erf (Chen et al. 2025): gamma*erf(alpha*x + s) + beta, scalars alpha (init 0.5) and s (init 0)",
-    "batchnorm": "BatchNorm over all B*T token positions, padding included (nn.BatchNorm1d)",
-    "batchnorm_masked": "BatchNorm with statistics from non-padding tokens only (PowerNorm's MaskBN)",
-    "batchnorm_causal": "BatchNorm that normalises with running statistics of earlier steps only (updated after "
-                        "use, from non-padding tokens): causal within a step, unlike batchnorm",
-    "powernorm": "PowerNorm (Shen et al. 2020) as its official code: per-head group scaling, then x/sqrt(psi^2) "
-                 "without centring, psi^2 the batch quadratic mean of real tokens during train.warmup_steps and the "
-                 "running one after, with its approximate backward",
-    "none": "no normalization (identity)",
-}
-TOKEN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf")
-# norms whose training-mode output at one position depends on other positions of the batch (later
-# tokens included): the training loss of a causal LM is then optimistic (README: causality probe)
-LEAKY_NORMS = ("batchnorm", "batchnorm_masked", "powernorm")  # powernorm: during its warmup (batch statistics)
-PLACEMENTS = {
-    "pre": "Pre-LN: x + F(norm(x)), plus a final norm",
-    "post": "Post-LN: norm(x + F(x))",
-    "sandwich": "Peri-LN (sandwich; Gemma 2, Kim et al. 2025): x + norm(F(norm(x))), plus a final norm",
-    "deepnorm": "DeepNorm: norm(alpha*x + F(x)), alpha=(2N)^(1/4), FFN/value/output init scaled by beta=(8N)^(-1/4)",
-    "mixln": "Mix-LN (Li et al. 2024): the first floor(model.mixln_ratio*N) blocks Post-LN, the rest Pre-LN, "
-             "plus a final norm",
-    "lns": "LayerNorm Scaling (Sun et al. 2025): Pre-LN with each block's norm outputs times 1/sqrt(l), "
-           "l the 1-based layer",
-    "outnorm": "OLMo 2's reordered norm: x + norm(F(x)), no norm on the branch input, plus a final norm",
-    "subln": "SubLN (Magneto, Wang et al. 2022): Pre-LN plus a norm inside each branch (before attention's output "
-             "projection, after the MLP's activation); fc1, fc2, value and output projections init times "
-             "sqrt(ln 2N)",
-}
-# placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)
-NEEDS_A_NORM = ("deepnorm", "mixln", "lns", "outnorm", "subln")
-TASKS = {
-    "charlm": "character LM on the Python standard library's own .py files (built in, no download)",
-    "text": "character LM on your own UTF-8 text file (data.path)",
-    "copy": "synthetic: random symbols, a separator, then the same symbols again (loss on the copy)",
-    "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
-}
 
 QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf"]
 Placement = Literal["pre", "post", "sandwich", "deepnorm", "mixln", "lns", "outnorm", "subln"]
@@ -160,7 +116,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "auto"] = opt("fp32", "fp32; bf16 autocast; or auto: bf16 on a CUDA GPU "
                                                              "that supports it, fp32 elsewhere")
     compile: bool = opt(False, "torch.compile the model (how a run executes, like device: not part of the "
-                               "run id); see the README's performance section for when it pays")
+                               "run id); see docs/performance.md for when it pays")
     eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)
     eval_tokens: int = opt(65536, "target tokens in the validation set: a fixed set of windows drawn once, the "
                                   "same for every run with the same task and data.seq_len, whatever the batch "
@@ -244,6 +200,10 @@ def all_keys() -> list[tuple[str, Any, str, str]]:
     return out
 
 
+def config_keys() -> list[str]:
+    return [k for k, *_ in all_keys()]
+
+
 def _type_text(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -253,9 +213,6 @@ def _type_text(tp) -> str:
     return {int: "int", float: "float", bool: "bool", str: "str"}[tp]
 
 
-def suggest(key: str, choices) -> str:
-    near = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def coerce(key: str, value: Any, tp, meta: dict) -> Any:
@@ -294,7 +251,7 @@ def coerce(key: str, value: Any, tp, meta: dict) -> Any:
             raise NormbenchError(f"expected a string, got {value!r}", key=key)
         if meta.get("choices") is not None and value not in (choices := meta["choices"]()):
             raise NormbenchError(f"expected one of {', '.join(choices)}, got {value!r}{suggest(value, choices)}; "
-                                 "a norm of your own: --plugin FILE.py (README: Bring your own norm)", key=key)
+                                 "a norm of your own: --plugin FILE.py (docs/plugins.md)", key=key)
         return value
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value < lo or (meta.get("min_open") and value == lo)):
@@ -396,24 +353,8 @@ def check(cfg: RunConfig) -> None:
     problems.raise_any()
 
 
-def get_dotted(cfg_dict: dict, key: str) -> Any:
-    node = cfg_dict
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """Set ``key`` (``model.norm``, ``seed``) in a raw nested dict, creating sections."""
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise NormbenchError("cannot set a key inside a non-mapping", key=key)
-    node[parts[-1]] = value
 
 
 def check_dotted_key(key: str) -> None:

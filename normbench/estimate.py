@@ -6,7 +6,7 @@ shapes. Every run's training FLOPs (PaLM's 6N + 12LTd per token, ``bench.flops_p
 its evaluations (a forward, a third of that, over ``train.eval_tokens`` each time) are divided
 by it; the wall time schedules the runs in order on ``jobs`` workers, each taking the next run
 when it is free. Small models are dominated by overheads the FLOPs do not see, so the estimate is
-a guide: the README says how close it came on the literature suite.
+a guide: docs/performance.md says how close it came on the literature suite.
 """
 from __future__ import annotations
 

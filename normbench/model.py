@@ -198,7 +198,7 @@ class Transformer(nn.Module):
             self.head.weight = self.tok.weight
 
     def _init_weights(self):
-        """The conventions of README "Training conventions: embeddings and init": embeddings N(0, embed_std), the linear
+        """The conventions of docs/conventions.md "Training conventions: embeddings and init": embeddings N(0, embed_std), the linear
         weights by ``cfg.init``, an untied head N(0, head_std), then DeepNet's beta."""
         cfg, d = self.cfg, self.cfg.d_model
         embed_std = cfg.embed_std or (0.02 if cfg.embed_scale == "none" else d ** -0.5)

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig, check_dotted_key, from_dict, set_dotted, suggest
+from .config import RunConfig, check_dotted_key, from_dict
+from .dotted import set_dotted, suggest
 from .errors import NormbenchError, Problems
 
 RECIPE_KEYS = ("name", "description", "base", "sweep", "claims", "provenance")  # provenance: written into

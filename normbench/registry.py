@@ -1,7 +1,7 @@
 """Norms a researcher brings: ``register_norm`` and plugin files (``--plugin FILE.py``).
 
 Torch-free, so recipes are validated and run ids computed without importing torch. A plugin
-is a Python file that calls ``normbench.register_norm(name, factory)`` when imported; a recipe
+(plugins.py loads one) is a Python file that calls ``normbench.register_norm(name, factory)`` when imported; a recipe
 stays data and can only name a registered norm. The factory is called as ``factory(d_model)``
 and returns an ``nn.Module`` mapping (B, T, d) to (B, T, d); its ``forward`` takes ``x``, or
 ``x`` and the padding ``mask`` (B, T), True on real tokens.
@@ -20,9 +20,9 @@ import sys
 import traceback
 import types
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+from .catalog import NORMS
 from .errors import NormbenchError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -49,8 +49,6 @@ _loading: list[PluginFile] = []  # the plugin file being executed now, so regist
 
 
 def builtin_norms() -> dict[str, str]:
-    from .config import NORMS
-
     return NORMS
 
 
@@ -92,42 +90,8 @@ def factory_of(name: str) -> Callable | None:
     return entry.factory if entry else None
 
 
-def load_plugin(path: str | Path) -> PluginFile:
-    """Import a plugin file (it registers its norms). Bad input: one line naming the file (--plugin)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NormbenchError("no such plugin file", key="--plugin", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise NormbenchError(f"cannot read the plugin: {e}", key="--plugin", file=str(path)) from None
-    plugin = load_plugin_source(str(path.resolve()), text)
-    check_plugin_norms(plugin)
-    return plugin
 
 
-def check_plugin_norms(plugin: PluginFile, d: int = 8) -> None:
-    """Build each norm of ``plugin`` and run it on a (2, 3, d) tensor, with and without a padding
-    mask: a wrong output shape, or an error, is one line naming the norm now, not a shape error
-    deep in torch in the middle of a sweep."""
-    import torch
-
-    from .norms import Plugin
-
-    for name, entry in _NORMS.items():
-        if entry.plugin != plugin:
-            continue
-        x, mask = torch.randn(2, 3, d), torch.tensor([[True, True, False], [True, True, True]])
-        try:
-            module = Plugin(entry.factory(d))
-            for m in (None, mask):
-                y = module(x, m)
-                if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-                    got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                    raise ValueError(f"maps a (2, 3, {d}) input to {got}; a norm must keep the shape (B, T, d)")
-        except Exception as e:  # noqa: BLE001 - the user's code: one line
-            raise NormbenchError(f"norm {name!r} fails on a (2, 3, {d}) test input: {type(e).__name__}: {e}",
-                                 key="--plugin", file=plugin.path) from None
 
 
 def load_plugin_source(path: str, text: str) -> PluginFile:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .evalset import unigram_loss
+from .measures import SUMMARY_KEYS
+from .numbers import finite_or_none
 from .provenance import cpu_info
 
 
@@ -26,96 +28,59 @@ def plugin_record(norm: str) -> dict | None:
     return None if plugin is None else {"norm": norm, "path": plugin.path, "sha256": plugin.sha256}
 
 
-def resid_summary(profiles: list[list]) -> dict:
-    """The residual stream's RMS per block at the first and the last measure step, and its last block's
-    growth between them (Sun et al. 2025's curse of depth: Pre-LN's residual grows with depth)."""
-    if not profiles:
-        return {"resid_rms_by_layer_init": None, "resid_rms_by_layer": None, "resid_rms_last": None,
-                "resid_rms_growth": None}
-    first, last = profiles[0], profiles[-1]
-    growth = last[-1] / first[-1] if first[-1] and last[-1] is not None else None
-    return {"resid_rms_by_layer_init": first, "resid_rms_by_layer": last, "resid_rms_last": last[-1],
-            "resid_rms_growth": finite_or_none(growth)}
-
-
-def finite_or_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def log_value(v):
-    """A metrics.jsonl value: floats rounded to 6 significant digits, non-finite ones null."""
-    v = finite_or_none(v)
-    return float(f"{v:.6g}") if isinstance(v, float) else v
-
-
 STALL_MARGIN = 0.05  # nats: a run that ends within this of the unigram loss learned only token frequencies
 
 
 @dataclass
 class StepRecord:
-    """One trained step's values, still on the device until ``flush`` reads them back."""
+    """One trained step's values, still on the device until the trainer's ``flush`` reads them back."""
     step: int
     lr: float
     loss: torch.Tensor
     grad_norm: torch.Tensor | None = None
-    attn_logit: torch.Tensor | None = None  # on measure steps
-    model_update: torch.Tensor | None = None
-    resid_rms: torch.Tensor | None = None  # (layers,)
-    log_z: torch.Tensor | None = None  # mean log-partition of the output logits over real targets
-    bn_dev: torch.Tensor | None = None  # (2,) batch-vs-running mean and variance distance
+    values: dict = field(default_factory=dict)  # Probe -> its device values (measure and first steps)
 
 
 @dataclass
 class Trace:
-    """The host-side measurements a run accumulates; ``summary`` turns them into summary keys."""
+    """The host-side measurements a run accumulates; ``summarize`` turns them into summary keys."""
     losses: list = field(default_factory=list)
-    val_losses: list = field(default_factory=list)
-    val_batch_stats: list = field(default_factory=list)
-    attn_max: list = field(default_factory=list)
-    updates: list = field(default_factory=list)
-    resid: list = field(default_factory=list)
-    log_z: list = field(default_factory=list)
-    bn_dev: list = field(default_factory=list)  # (step, mean dev, var dev)
-    init_profile: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)  # (step, loss)
+    rows: dict = field(default_factory=dict)  # probe name -> [(step, its host row)]
+
+    def add(self, probe, step: int, values: dict) -> dict:
+        """A probe's values, read back: kept for its summary; returns its metrics.jsonl columns."""
+        if not values:  # nothing measured on this step (a norm that kept no statistics this time)
+            return {}
+        host = probe.row(values)
+        self.rows.setdefault(probe.name, []).append((step, host))
+        return host if probe.logged else {}
 
     def record(self, r: StepRecord) -> dict:
         """Read one step back to the host; its metrics.jsonl row."""
         row = {"step": r.step, "loss": float(r.loss), "lr": r.lr}
         if r.grad_norm is not None:
             row["grad_norm"] = float(r.grad_norm)
-        if r.attn_logit is not None:
-            row["attn_logit_max"] = float(r.attn_logit)
-            self.attn_max.append(row["attn_logit_max"])
-        if r.model_update is not None:
-            row["model_update"] = float(r.model_update)
-            self.updates.append(row["model_update"])
-        if r.resid_rms is not None:  # the residual stream's RMS after each block (the curse of depth)
-            row["resid_rms"] = [log_value(v) for v in r.resid_rms.tolist()]
-            self.resid.append(row["resid_rms"])
-        if r.log_z is not None:  # Wortsman et al.'s output-logit drift, what z-loss targets
-            row["log_z"] = float(r.log_z)
-            self.log_z.append(row["log_z"])
-        if r.bn_dev is not None:  # Shen et al.'s fluctuation of batch statistics
-            mean_dev, var_dev = (float(v) for v in r.bn_dev.tolist())
-            row["bn_mean_dev"], row["bn_var_dev"] = mean_dev, var_dev
-            self.bn_dev.append((r.step, mean_dev, var_dev))
+        for probe, values in r.values.items():
+            row.update(self.add(probe, r.step, values))
         self.losses.append(row["loss"])
         return row
 
 
-def summarize(cfg, trace: Trace, stab, task, params, device, precision: str, evalset, leak, tokens, train_s,
+def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precision: str, tokens, train_s,
               wall0, started_at) -> dict:
-    """The summary.json of a run (written last by the caller)."""
-    t = cfg.train
+    """The summary.json of a run (written last by the caller), its keys in measures.py's order."""
+    t, task, evalset = cfg.train, run.task, run.evalset
     diverged = stab.diverged_step is not None
+    run.diverged, run.steps_done = diverged, len(trace.losses)
+    run.last_val = trace.val_losses[-1][1] if trace.val_losses else None
     finite_vals = [v for _, v in trace.val_losses if math.isfinite(v)]
     tail = [v for v in trace.losses[-10:] if math.isfinite(v)]
     final_val = None if diverged or not trace.val_losses else finite_or_none(trace.val_losses[-1][1])
     unigram = finite_or_none(unigram_loss(task, evalset))
-    vbs = trace.val_batch_stats
     peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10))
-    return {
+    out = {
         "run_id": cfg.run_id(),
         "final_val_loss": final_val,
         "best_val_loss": min(finite_vals) if finite_vals else None,
@@ -136,16 +101,6 @@ def summarize(cfg, trace: Trace, stab, task, params, device, precision: str, eva
         "median_grad_norm": statistics.median(stab.grad_norms) if stab.grad_norms else None,
         "clip_fraction": (sum(g > t.grad_clip for g in stab.grad_norms) / len(stab.grad_norms)
                           if t.grad_clip > 0 and stab.grad_norms else None),
-        "max_attn_logit": max((a for a in trace.attn_max if math.isfinite(a)), default=None),
-        "max_model_update": max((u for u in trace.updates if math.isfinite(u)), default=None),
-        **resid_summary(trace.resid),
-        **log_z_summary(trace.log_z),
-        **bn_dev_summary(trace.bn_dev, len(trace.losses)),
-        "final_val_loss_batch_stats": None if diverged or not vbs else finite_or_none(vbs[-1]),
-        "bn_eval_gap": (None if diverged or not vbs or not trace.val_losses
-                        else finite_or_none(trace.val_losses[-1][1] - vbs[-1])),
-        "train_causal_leak": None if leak is None else finite_or_none(leak),
-        "grad_norm_init_by_layer": [finite_or_none(g) for g in trace.init_profile],
         "val_losses": [[s, finite_or_none(v)] for s, v in trace.val_losses],
         "tokens_per_s": tokens / train_s if train_s > 0 else None,
         "wall_s": time.perf_counter() - wall0,
@@ -163,23 +118,6 @@ def summarize(cfg, trace: Trace, stab, task, params, device, precision: str, eva
         "threads": torch.get_num_threads(),
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-
-
-def log_z_summary(log_z: list[float]) -> dict:
-    """The output log-partition log Z (mean over real targets of a measure step's training batch):
-    its largest |value| over training and its value at the last measure step (z-loss keeps it near 0)."""
-    finite = [v for v in log_z if math.isfinite(v)]
-    return {"max_abs_log_z": max((abs(v) for v in finite), default=None),
-            "final_log_z": finite_or_none(log_z[-1]) if log_z else None}
-
-
-def bn_dev_summary(devs: list[tuple], steps: int) -> dict:
-    """Shen et al. 2020's fluctuation: the batch-vs-running distances of mean and variance, averaged
-    over the measure steps of the second half of training (the running statistics start at 0 and 1,
-    so the first steps measure their init, not the batches' fluctuation)."""
-    late = [(m, v) for s, m, v in devs if s > steps / 2]
-    if not late:
-        return {"bn_mean_dev": None, "bn_var_dev": None}
-    means = [m for m, _ in late if math.isfinite(m)]
-    return {"bn_mean_dev": sum(means) / len(means) if means else None,
-            "bn_var_dev": finite_or_none(sum(v for _, v in late) / len(late))}
+    for probe in probes:
+        out.update(probe.summary(trace.rows.get(probe.name, []), run))
+    return {k: out.get(k) for k in SUMMARY_KEYS}

@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,15 +22,15 @@ import torch.nn.functional as F
 
 from .config import RunConfig, TrainConfig
 from .data import IGNORE, make_task
-from .evalset import mean_loss, validation_set
 from .errors import NormbenchError
+from .evalset import mean_loss, validation_set
 from .model import Transformer
-from .summary import StepRecord, Trace, finite_or_none, log_value, summarize
+from .probes import Run, Step, log_value, make_probes
+from .summary import StepRecord, Trace, summarize
 
 # a step is synchronised with the host (losses read, divergence checked) every
 # SYNC_EVERY steps: every step on CPU, where reading is free, less often on GPU
 SYNC_EVERY = {"cpu": 1, "cuda": 16}
-UPDATE_PROBE_SEQS = 8  # sequences in the model-update probe batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,87 +151,6 @@ def evaluate(model, batches, autocast) -> float:
         model.train()
 
 
-def batch_norms(model) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def evaluate_batch_stats(model, batches, autocast) -> float | None:
-    """The same loss with every BatchNorm normalising by the statistics of the batch in hand, as
-    in training (everything else in eval mode: no dropout); None without BatchNorm. The running
-    statistics are restored, so the measurement changes nothing. Eval-mode loss minus this is
-    the train/eval gap of BatchNorm: how far its running statistics are from the batches'."""
-    bns = batch_norms(model)
-    if not bns:
-        return None
-    saved = [{k: b.clone() for k, b in bn.named_buffers()} for bn in bns]
-    model.eval()
-    for bn in bns:
-        bn.train()
-    try:
-        return mean_loss(model, batches, autocast)
-    finally:
-        for bn, state in zip(bns, saved):
-            for k, b in bn.named_buffers():
-                b.copy_(state[k])
-        model.train()
-
-
-@torch.no_grad()
-def model_output(model, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The logits on the real positions of a fixed batch, eval mode, fp32: F(x, θ) for the model update."""
-    model.eval()
-    try:
-        out = model(x, mask).float()
-    finally:
-        model.train()
-    return out[mask] if mask is not None else out.reshape(-1, out.shape[-1])
-
-
-def model_update(model, x: torch.Tensor, mask: torch.Tensor | None, f0: torch.Tensor) -> torch.Tensor:
-    """Wang et al. 2022's model update ‖F(x, θ_t) − F(x, θ_0)‖ as the RMS over logits (so it does not
-    grow with the vocabulary or the probe batch); a 0-dim tensor, read back with the step's metrics."""
-    return torch.linalg.vector_norm(model_output(model, x, mask) - f0) / f0.numel() ** 0.5
-
-
-@torch.no_grad()
-def causal_leak(model, x: torch.Tensor, mask: torch.Tensor | None, vocab_size: int, autocast) -> float:
-    """How much the training-mode outputs at positions <= t move when every token after t changes
-    (t = T // 2, in every sequence of the batch): the RMS change of those logits over real positions.
-
-    A causal LM must give 0 (to float rounding); a norm whose statistics mix positions (BatchNorm
-    in training mode) does not, and its training loss is then optimistic. Both forwards use the
-    same dropout masks; buffers (BatchNorm's running statistics) are restored, so training is
-    unchanged."""
-    T = x.shape[1]
-    t = T // 2
-    x2 = x.clone()
-    shift = torch.randint(1, vocab_size, x[:, t + 1:].shape, generator=torch.Generator().manual_seed(0))
-    x2[:, t + 1:] = (x[:, t + 1:] + shift.to(x.device)) % vocab_size  # every later token differs
-    saved = {k: b.clone() for k, b in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    outs = []
-
-    def restore():
-        for k, b in model.named_buffers():
-            b.copy_(saved[k])
-
-    try:
-        for inp in (x, x2):
-            restore()  # both forwards from the same state (a training-mode forward updates running stats)
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                torch.manual_seed(0)  # the same dropout masks in both forwards
-                with autocast():
-                    outs.append(model(inp, mask)[:, :t + 1].float())  # (B, t+1, V)
-    finally:
-        restore()
-        model.train(was_training)
-    diff = outs[0] - outs[1]
-    diff = diff[mask[:, :t + 1]] if mask is not None else diff
-    return diff.pow(2).mean().sqrt().item()
-
-
 def resolve_precision(device: torch.device, precision: str) -> str:
     """``auto`` is bf16 on a CUDA GPU with bf16 support and fp32 elsewhere (CPUs without bf16
     units run bf16 matmuls an order of magnitude slower than fp32)."""
@@ -253,26 +173,28 @@ def global_grad_norm(params, clip: float) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def probe_step(model, ux, umask, f0, logits, y) -> dict:
-    """The measurements of a measure step, as device tensors (read back with the step)."""
-    out = {"attn_logit": model.attention_logit_max(), "resid_rms": model.resid_rms_by_layer(),
-           "bn_dev": model.bn_stat_dev()}
-    with torch.no_grad():
-        out["log_z"] = torch.logsumexp(logits.detach().float(), dim=-1)[y != IGNORE].mean()
-    model.measure_attention(False)  # the update's forward must not record logits
-    out["model_update"] = model_update(model, ux, umask, f0)
-    return out
+@dataclass
+class Session:
+    """One run's state between setup, loop and summary."""
+    cfg: RunConfig
+    device: torch.device
+    model: Transformer
+    fwd: Callable  # the model, compiled or not (same parameters)
+    opt: torch.optim.Optimizer
+    params: list
+    gen: torch.Generator  # the training batches' stream
+    run: Run  # what the probes read
+    probes: dict  # when -> [Probe] (probes.make_probes)
+    stab: Stability
+    log: MetricsLog
+    trace: Trace = field(default_factory=Trace)
+    tokens: int = 0
+    eval_s: float = 0.0
 
 
-def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = None,
-          on_progress: Callable[[int, float, float], None] | None = None, measure: bool = True) -> dict:
-    """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
-    called at each host sync. ``measure=False`` switches the stability measurements off (gradient
-    norms, attention logits, the per-layer profile; divergence on the loss alone): for
-    ``normbench bench`` only, to price them."""
-    wall0, started_at = time.perf_counter(), time.time()
-    if threads:
-        torch.set_num_threads(threads)
+def setup(cfg: RunConfig, run_dir: Path | None, measure: bool) -> Session:
+    """The task, the model, the optimizer, the validation set and the probes, in the order that fixes
+    every random draw (the seed, the init, the batches)."""
     device = resolve_device(cfg.device)
     m, t = cfg.model, cfg.train
     torch.manual_seed(cfg.seed)
@@ -287,83 +209,102 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = 
     fwd = torch.compile(model) if t.compile else model  # same parameters; evaluation stays eager
     gen = task.generator(cfg.seed)
     evalset = validation_set(task, t.eval_tokens)
-    eval_chunks = evalset.chunks
     sized = evalset.batches(t.batch_size) if measure else []  # the validation set cut as training batches
-    bn_batches = sized if batch_norms(model) else []
-    # model-update probe: the first 8 validation sequences, and F(x, θ_0) on them
-    ux, _, umask = evalset.first(UPDATE_PROBE_SEQS)
-    f0 = model_output(model, ux, umask) if measure else None
-    sync_every = SYNC_EVERY.get(device.type, 1)
-    stab = Stability(t, task.vocab_size)
-    log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
-    trace = Trace()
+    run = Run(cfg, model, task, evalset, autocast, sized)
+    return Session(cfg, device, model, fwd, opt, params, gen, run, make_probes(run) if measure else {},
+                   Stability(t, task.vocab_size), MetricsLog(run_dir / "metrics.jsonl" if run_dir else None))
+
+
+def flush(s: Session, pending: list[StepRecord]) -> bool:
+    """Read pending steps back to the host and log them; True if the run diverged (steps after it,
+    pending on a GPU, were trained but are not logged)."""
+    for r in pending:
+        row = s.trace.record(r)
+        s.log.write(row)
+        if s.stab.update(r.step, row["loss"], row.get("grad_norm")):
+            return True
+    return False
+
+
+def train_step(s: Session, step: int, measure: bool) -> StepRecord:
+    """One optimizer step; its record holds device tensors (nothing here waits for the GPU)."""
+    t = s.cfg.train
+    lr = lr_at(step - 1, t)
+    for g in s.opt.param_groups:
+        g["lr"] = lr
+    probe = measure and (step - 1) % t.measure_every == 0
+    s.model.measure_attention(probe)
+    x, y, mask = s.run.task.batch("train", t.batch_size, s.gen)
+    with s.run.autocast():
+        logits = s.fwd(x, mask)
+    loss, objective = lm_loss(logits, y, t.z_loss)
+    s.opt.zero_grad(set_to_none=True)
+    objective.backward()
+    if step == 1:  # before clipping touches the gradients
+        for p in s.probes.get("first_step", []):
+            s.trace.add(p, step, p.take(Step(step, logits, y)))
+    gnorm = global_grad_norm(s.params, t.grad_clip) if measure or t.grad_clip > 0 else None
+    s.opt.step()
+    rec = StepRecord(step, lr, loss.detach(), None if gnorm is None else gnorm.detach())
+    if probe:
+        for p in s.probes.get("measure", []):
+            rec.values[p] = p.take(Step(step, logits, y))
+    return rec
+
+
+def evaluate_step(s: Session, step: int) -> None:
+    """The validation loss, and the evaluation probes (BatchNorm's batch-statistics loss)."""
+    e0 = time.perf_counter()
+    val = evaluate(s.model, s.run.evalset.chunks, s.run.autocast)
+    s.trace.val_losses.append((step, val))
+    row = {"step": step, "val_loss": val}
+    for p in s.probes.get("eval", []):
+        row.update(s.trace.add(p, step, p.take_now(s.run)))
+    s.log.write(row)
+    s.eval_s += time.perf_counter() - e0
+
+
+def loop(s: Session, on_progress, measure: bool) -> float:
+    """Train to the end or to a divergence; the training seconds (evaluation excluded)."""
+    t = s.cfg.train
+    sync_every = SYNC_EVERY.get(s.device.type, 1)
     pending: list[StepRecord] = []
-    tokens, step = 0, 0
-    tokens_per_step = t.batch_size * cfg.data.seq_len
+    tokens_per_step = t.batch_size * s.cfg.data.seq_len
+    s.model.train()
+    loop0 = time.perf_counter()
+    for step in range(1, t.steps + 1):
+        pending.append(train_step(s, step, measure))
+        s.tokens += tokens_per_step
+        is_eval = step % t.eval_every == 0 or step == t.steps
+        if len(pending) >= sync_every or is_eval:
+            diverged, pending = flush(s, pending), []
+            if diverged:
+                break
+            if on_progress:
+                on_progress(step, s.trace.losses[-1], s.tokens / (time.perf_counter() - loop0 - s.eval_s))
+        if is_eval:
+            evaluate_step(s, step)
+    else:
+        s.stab.finish()  # ran to the end: diverged if it ended above the ceiling
+    return time.perf_counter() - loop0 - s.eval_s
 
-    def flush() -> bool:
-        """Read pending steps back to the host; True if the run diverged."""
-        nonlocal pending
-        rows, pending = pending, []
-        for r in rows:
-            row = trace.record(r)
-            log.write(row)
-            if stab.update(r.step, row["loss"], row.get("grad_norm")):
-                return True  # steps after it (pending on GPU) were trained but are not logged
-        return False
 
-    model.train()
-    loop0, eval_s = time.perf_counter(), 0.0
+def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = None,
+          on_progress: Callable[[int, float, float], None] | None = None, measure: bool = True) -> dict:
+    """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
+    called at each host sync. ``measure=False`` switches the stability measurements off (gradient
+    norms and every probe; divergence on the loss alone): for ``normbench bench`` only, to price them."""
+    wall0, started_at = time.perf_counter(), time.time()
+    if threads:
+        torch.set_num_threads(threads)
+    s = setup(cfg, run_dir, measure)
     try:
-        for step in range(1, t.steps + 1):
-            lr = lr_at(step - 1, t)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            probe = measure and (step - 1) % t.measure_every == 0
-            model.measure_attention(probe)
-            x, y, mask = task.batch("train", t.batch_size, gen)
-            with autocast():
-                logits = fwd(x, mask)
-            loss, objective = lm_loss(logits, y, t.z_loss)
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            if step == 1 and measure:  # Xiong et al. 2020: per-layer FFN gradient norm at initialisation
-                trace.init_profile = [torch.linalg.vector_norm(torch.stack([w.grad.norm() for w in ws])).item()
-                                      for ws in model.ffn_weights()]
-            gnorm = global_grad_norm(params, t.grad_clip) if measure or t.grad_clip > 0 else None
-            opt.step()
-            rec = StepRecord(step, lr, loss.detach(), None if gnorm is None else gnorm.detach())
-            if probe:
-                for k, v in probe_step(model, ux, umask, f0, logits, y).items():
-                    setattr(rec, k, v)
-            pending.append(rec)
-            tokens += tokens_per_step
-            is_eval = step % t.eval_every == 0 or step == t.steps
-            if len(pending) >= sync_every or is_eval:
-                if flush():
-                    break
-                if on_progress:
-                    on_progress(step, trace.losses[-1], tokens / (time.perf_counter() - loop0 - eval_s))
-            if is_eval:
-                e0 = time.perf_counter()
-                val = evaluate(model, eval_chunks, autocast)
-                trace.val_losses.append((step, val))
-                row = {"step": step, "val_loss": val}
-                if bn_batches:
-                    row["val_loss_batch_stats"] = evaluate_batch_stats(model, bn_batches, autocast)
-                    trace.val_batch_stats.append(row["val_loss_batch_stats"])
-                log.write(row)
-                eval_s += time.perf_counter() - e0
-        else:
-            stab.finish()  # ran to the end: diverged if it ended above the ceiling
-        train_s = time.perf_counter() - loop0 - eval_s
+        train_s = loop(s, on_progress, measure)
     finally:
-        model.measure_attention(False)
-        log.close()
-    leak = None
-    if measure:  # on the first training-sized batch of the validation set
-        x0, _, mask0 = sized[0]
-        leak = causal_leak(model, x0, mask0, task.vocab_size, autocast)
-    return summarize(cfg, trace, stab, task, params, device, resolve_precision(device, t.precision), evalset, leak,
-                     tokens, train_s, wall0,
-                     started_at)
+        s.model.measure_attention(False)
+        s.log.close()
+    for p in s.probes.get("end", []):
+        s.trace.add(p, len(s.trace.losses), p.take_now(s.run))
+    probes = [p for ps in s.probes.values() for p in ps]
+    return summarize(cfg, s.trace, s.stab, probes, s.run, s.params, s.device,
+                     resolve_precision(s.device, cfg.train.precision), s.tokens, train_s, wall0, started_at)

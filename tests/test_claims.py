@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from normbench.cli import app
+from normbench.cli.app import app
 from normbench.errors import NormbenchError
 from normbench.recipe import load_recipe
 from conftest import tiny
@@ -148,7 +148,7 @@ def test_settle_adds_seeds_by_stein_and_judges_again(tmp_path):
     assert len(plan["runs"]) == 2 * (plan["n_total"] - 3) <= 6
     row = json.loads(res.stdout)[1]
     assert "Stein two-stage" in row["test"] and row["seeds"] == plan["n_total"]
-    from normbench.stats import seeds_for
+    from normbench.analysis.stats import seeds_for
     assert plan["n_total"] == max(4, seeds_for(plan["s0"], 2.0, df_from=2))
     # settling again runs nothing new: the plan is fixed
     again = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "6"])
@@ -172,7 +172,7 @@ def test_an_effect_on_the_log_scale_is_a_factor_above_one(tmp_path):
 def test_one_claims_second_stage_never_changes_another_claims_design(tmp_path):
     """The seeds settle adds to one claim's arms are that claim's: another claim on overlapping arms
     keeps its pairing and its n (found on the reference suite: Xiong's interaction turned Welch)."""
-    from normbench.ledger import judge, sources_for
+    from normbench.analysis.ledger import judge, sources_for
 
     recipe = {"name": "iso", "base": tiny(train={"steps": 6, "eval_every": 6}, data={"seq_len": 8}),
               "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"], "model.placement": ["pre", "post"]},

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from normbench.cli import app
+from normbench.cli.app import app
 from conftest import tiny
 
 runner = CliRunner()
@@ -143,7 +143,7 @@ def test_help_list_and_keys_never_import_torch():
     import sys
 
     for args in (["--help"], ["list"], ["keys"], ["compare", "--help"], ["bench", "--help"], ["report", "--help"]):
-        code = ("import sys\nfrom normbench.cli import app\n"
+        code = ("import sys\nfrom normbench.cli.app import app\n"
                 f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
                 "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules)\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -196,7 +196,7 @@ def test_the_table_at_the_end_of_run_never_cuts_a_name(tmp_path, columns, monkey
 
 
 def test_huge_values_print_in_scientific_notation():
-    from normbench.tables import fmt_value
+    from normbench.render.tables import fmt_value
 
     assert fmt_value(77138552160256.0) == "7.714e+13" and fmt_value(1234.5) == "1,234"
 
@@ -216,7 +216,8 @@ def test_a_crashed_runs_reason_is_printed_by_run(tmp_path):
     assert res.exit_code == 1 and f"crashed: " in res.output and ALLOC_ERROR in res.output
 
 
-@pytest.mark.parametrize("module", ["tables", "evidence", "ledger", "settle", "summary", "estimate"])
+@pytest.mark.parametrize("module", ["render.tables", "analysis.evidence", "analysis.ledger", "analysis.settle",
+                                    "summary", "estimate", "probes", "sweep.executors"])
 def test_every_module_imports_on_its_own(module):
     """No import cycle that only works in one order (tables imported first used to fail)."""
     res = subprocess.run([sys.executable, "-c", f"import normbench.{module}"], capture_output=True, text=True)

@@ -11,9 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 import normbench
-from normbench import store
-from normbench.cli import app
-from normbench.compare import aggregate, compare
+from normbench.sweep import store
+from normbench.cli.app import app
+from normbench.analysis.compare import aggregate, compare
 from normbench.errors import NormbenchError
 from conftest import TOO_BIG_D_FF, tiny
 
@@ -334,7 +334,7 @@ def test_short_names_work_in_filter_and_by(sweep):
     out, _ = sweep
     c = compare([out], by="placement,lr", filters=["placement=pre", "lr=0.003"])
     assert c.by == ["model.placement", "train.lr"] and len(c.runs) == 2
-    from normbench.compare import resolve_key, short_names
+    from normbench.analysis.compare import resolve_key, short_names
 
     with pytest.raises(NormbenchError, match="ambiguous: it could be a.x or b.x"):
         resolve_key("x", ["a.x", "b.x"], "--by")
@@ -375,7 +375,7 @@ def test_diverged_groups_show_their_stability_measures(sweep):
         runs = runs_of(df, row["model.placement"], 5.0)
         assert row["max_grad_norm_mean"] == pytest.approx(statistics.mean(runs["max_grad_norm"]), rel=1e-12)
         assert row["max_attn_logit_mean"] == pytest.approx(statistics.mean(runs["max_attn_logit"]), rel=1e-12)
-    from normbench.tables import cell
+    from normbench.render.tables import cell
 
     row = blown.iloc[0]
     assert cell(row, "final_val_loss") == "diverged" and cell(row, "max_grad_norm")[0].isdigit()
@@ -407,7 +407,7 @@ def test_load_curves_is_one_long_frame_of_every_logged_metric(sweep):
 
 
 def test_figures_show_bursts_logits_and_one_colour_per_configuration(sweep, monkeypatch):
-    from normbench import plots
+    from normbench.render import plots
 
     out, df = sweep
     c = compare([out])
@@ -475,6 +475,6 @@ def test_a_run_stopped_on_a_non_finite_gradient_shows_an_infinite_max():
                           "divergence_reason": None}])
     table = aggregate(runs, ["g"], ["final_val_loss", "max_grad_norm"], "final_val_loss")
     assert table["max_grad_norm_mean"][0] == math.inf
-    from normbench.tables import cell
+    from normbench.render.tables import cell
 
     assert cell(table.iloc[0], "max_grad_norm") == "inf"

@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from normbench.config import LEAKY_NORMS, ModelConfig, from_dict
+from normbench.catalog import LEAKY_NORMS
+from normbench.config import ModelConfig, from_dict
 from normbench.model import Transformer
 from normbench.norms import make_norm
-from normbench.trainer import causal_leak, train
+from normbench.probes import causal_leak
+from normbench.trainer import train
 
 D = 64
 
@@ -169,7 +171,7 @@ def test_run_warns_about_leaky_norms_and_compare_shows_the_leak_with_a_note(tmp_
     from typer.testing import CliRunner
 
     import normbench
-    from normbench.cli import app
+    from normbench.cli.app import app
 
     base = {"model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64}, "data": {"seq_len": 16, "max_chars": 20000},
             "train": {"steps": 3, "batch_size": 4, "eval_every": 3, "eval_tokens": 64, "warmup_steps": 1},

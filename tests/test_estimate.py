@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from normbench.bench import flops_per_token
-from normbench.cli import app
+from normbench.cli.app import app
 from normbench.config import from_dict
 from normbench.estimate import makespan, run_seconds
 from conftest import tiny

@@ -86,12 +86,13 @@ def test_symbolic_tasks_take_the_unigram_from_sampled_training_targets(tiny_base
 
 
 def test_log_z_is_the_mean_log_partition_of_the_training_batch(tiny_base):
-    from normbench.summary import log_z_summary
+    from normbench.probes import LogPartition
 
     s = train(from_dict(tiny_base(train={"steps": 3, "measure_every": 1})), measure=True)
     assert s["final_log_z"] is not None and s["max_abs_log_z"] >= abs(s["final_log_z"])
     # the summary over a hand-made trace
-    assert log_z_summary([0.5, -2.0, 1.0]) == {"max_abs_log_z": 2.0, "final_log_z": 1.0}
+    rows = [(1, {"log_z": 0.5}), (2, {"log_z": -2.0}), (3, {"log_z": 1.0})]
+    assert LogPartition.summary(None, rows, None) == {"max_abs_log_z": 2.0, "final_log_z": 1.0}
     # and the measurement against logsumexp by hand, on a fresh model's first batch
     cfg = from_dict(tiny_base())
     task = make_task(cfg.data, torch.device("cpu"))
@@ -137,10 +138,14 @@ def test_batch_statistics_fluctuation_against_a_hand_computation(norm, tiny_base
 
 
 def test_the_fluctuation_is_summarised_over_the_second_half(tiny_base):
-    from normbench.summary import bn_dev_summary
+    from types import SimpleNamespace
 
-    devs = [(1, 9.0, 9.0), (11, 1.0, 2.0), (21, 3.0, 4.0)]  # step 1 compares with the init (0 and 1)
-    assert bn_dev_summary(devs, 20) == {"bn_mean_dev": 2.0, "bn_var_dev": 3.0}
+    from normbench.probes import BatchNormFluctuation
+
+    rows = [(s, {"bn_mean_dev": m, "bn_var_dev": v}) for s, m, v in [(1, 9.0, 9.0), (11, 1.0, 2.0), (21, 3.0, 4.0)]]
+    # step 1 compares with the init (0 and 1): only the second half (steps > 20 / 2) counts
+    assert BatchNormFluctuation.summary(None, rows, SimpleNamespace(steps_done=20)) == \
+        {"bn_mean_dev": 2.0, "bn_var_dev": 3.0}
     s = train(from_dict(tiny_base(model={"norm": "batchnorm"}, train={"measure_every": 2})))
     assert s["bn_mean_dev"] > 0 and s["bn_var_dev"] > 0
     assert train(from_dict(tiny_base(train={"steps": 2})))["bn_var_dev"] is None  # no batch statistics
@@ -164,7 +169,7 @@ def test_the_summary_names_the_cpu(tiny_base):
 def test_eval_batches_in_a_flag_names_its_replacement(tmp_path):
     from typer.testing import CliRunner
 
-    from normbench.cli import app
+    from normbench.cli.app import app
 
     p = tmp_path / "r.yaml"
     p.write_text("name: r\nbase: {}\n")

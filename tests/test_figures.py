@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 import normbench
-from normbench import plots
-from normbench.compare import compare
+from normbench.render import plots
+from normbench.analysis.compare import compare
 from conftest import tiny
 
 
@@ -69,7 +69,7 @@ def test_a_regenerated_report_that_did_not_change_is_not_rewritten(quick, tmp_pa
 def test_panels_separate_and_per_seed_for_slides(quick, tmp_path):
     from typer.testing import CliRunner
 
-    from normbench.cli import app
+    from normbench.cli.app import app
 
     import shutil
 

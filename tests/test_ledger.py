@@ -8,8 +8,10 @@ import pytest
 from scipy import stats
 
 from normbench.claims import parse_claims
-from normbench.ledger import evaluate, evidence_text, log_slope, p_values, verdict
-from normbench.stats import holm, paired, rates, seeds_for, sigma_upper, stein, unpaired
+from normbench.analysis.evidence import evidence_text
+from normbench.analysis.ledger import evaluate, p_values, verdict
+from normbench.measures import log_slope
+from normbench.analysis.stats import holm, paired, rates, seeds_for, sigma_upper, stein, unpaired
 
 
 def frame(rows, metric="final_val_loss"):
@@ -253,7 +255,7 @@ def test_stein_refuses_a_diverged_difference_and_a_settled_setting_stays_stein()
 
 
 def test_average_over_settings_of_an_unpaired_interaction_tests_the_interaction():
-    from normbench.stats import combine, unpaired
+    from normbench.analysis.stats import combine, unpaired
 
     a, b = unpaired([1.0, 1.2, 1.1], [0.5, 0.6, 0.4]), unpaired([2.0, 2.3, 2.1], [1.0, 1.1, 0.9])
     c = combine([a, b], "x")
@@ -264,7 +266,7 @@ def test_average_over_settings_of_an_unpaired_interaction_tests_the_interaction(
 
 
 def test_welch_seeds_needed_use_the_pooled_degrees_of_freedom():
-    from normbench.ledger import seeds_needed
+    from normbench.analysis.ledger import seeds_needed
 
     c = claim(effect=0.3)
     res = evaluate(c, frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5], seeds_b=[3, 4, 5])))
@@ -294,7 +296,7 @@ def test_a_key_zipped_with_a_named_one_does_not_split_settings():
 
 
 def test_abs_final_log_z_is_the_distance_of_the_final_log_partition_from_zero():
-    from normbench.ledger import run_value
+    from normbench.measures import run_value
 
     assert run_value({"final_log_z": -3.5, "diverged": False}, "abs_final_log_z") == 3.5
     assert run_value({"final_log_z": None, "diverged": False}, "abs_final_log_z") is None

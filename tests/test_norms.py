@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normbench.config import NORMS as NORM_DOCS, PLACEMENTS, ModelConfig
+from normbench.catalog import NORMS as NORM_DOCS, PLACEMENTS
+from normbench.config import ModelConfig
 from normbench.model import SLOTS, Transformer, deepnorm_constants
 from normbench.norms import NORMS, make_norm
 
@@ -16,7 +17,7 @@ def test_registry_matches_documented_names():
 
 
 def valid(norm, placement):
-    from normbench.config import NEEDS_A_NORM
+    from normbench.catalog import NEEDS_A_NORM
 
     return not (placement in NEEDS_A_NORM and norm == "none")
 

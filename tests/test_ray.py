@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 import normbench
-from normbench import store
+from normbench.sweep import store
 from normbench.config import from_dict
 from normbench.recipe import load_recipe
-from normbench.sweep import execute, make_plan
+from normbench.sweep.execute import execute
+from normbench.sweep.plan import make_plan
 from conftest import ALLOC_ERROR, TOO_BIG_D_FF, tiny
 
 
@@ -65,7 +66,7 @@ def test_a_ray_sweep_gives_the_local_executors_results_in_the_same_layout(tmp_pa
         assert json.loads((b / "summary.json").read_text())["threads"] == 1
     assert (tmp_path / "ray" / "s" / "index.csv").exists()
     # the start line says what the cluster runs at once (2 CPUs here), not one per task
-    from normbench.sweep import execute as run_plan
+    from normbench.sweep.execute import execute as run_plan
 
     wide = dict(recipe, name="w", sweep={"grid": {"model.norm": ["layernorm", "rmsnorm", "dyt", "derf"]}})
     outcome = run_plan(make_plan(load_recipe(write_recipe(tmp_path, wide)), tmp_path / "ray"), executor="ray")
@@ -162,7 +163,7 @@ def test_an_unreachable_cluster_is_one_line_exit_2_and_writes_nothing(tmp_path):
 def test_ray_options_are_refused_with_the_local_executor(tmp_path):
     from typer.testing import CliRunner
 
-    from normbench.cli import app
+    from normbench.cli.app import app
 
     p = write_recipe(tmp_path, {"name": "o", "base": tiny()})
     res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "res"), "--retries", "2"])

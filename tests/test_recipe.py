@@ -4,7 +4,7 @@ import yaml
 from normbench.errors import NormbenchError
 from normbench.recipe import load_recipe
 from typer.testing import CliRunner
-from normbench.cli import app
+from normbench.cli.app import app
 
 
 def write(tmp_path, obj, name="r.yaml"):
@@ -224,7 +224,7 @@ def test_an_empty_recipe_file_is_an_error(tmp_path):
 
 
 def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
-    from normbench.sweep import recipe_warnings
+    from normbench.sweep.plan import recipe_warnings
 
     rec = load_recipe({"name": "w", "base": {"train": {"steps": 50, "warmup_steps": 100}}})
     (text,) = recipe_warnings(rec)

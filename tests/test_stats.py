@@ -5,9 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from normbench.compare import aggregate
-from normbench.tables import vs_best
-from normbench.stats import interval, seeds_needed, welch
+from normbench.analysis.compare import aggregate
+from normbench.render.tables import vs_best
+from normbench.analysis.stats import interval, seeds_needed, welch
 
 T_975 = {2: 4.302652729911275, 3: 3.182446305284263, 4: 2.7764451051977987}  # Student's t, 97.5% quantile
 

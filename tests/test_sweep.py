@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 import normbench
-from normbench import store
-from normbench.cli import app
+from normbench.sweep import store
+from normbench.cli.app import app
 from normbench.recipe import load_recipe
 from conftest import ALLOC_ERROR, TOO_BIG_D_FF, tiny
 
@@ -183,7 +183,7 @@ def test_result_files_get_the_permissions_a_plain_write_would(tmp_path):
 def test_a_lone_cpu_run_never_takes_the_spare_cores():
     """Issue 21: the last run of a sweep got cores // jobs threads and collapsed beside a busy
     process (intra-op threads busy-wait). On CPU every run gets one thread unless --threads says."""
-    from normbench.executors import cpu_count, plan_parallelism
+    from normbench.sweep.executor import cpu_count, plan_parallelism
 
     assert plan_parallelism(1, None, None, gpu=False) == (1, 1)
     assert plan_parallelism(100, None, None, gpu=False) == (cpu_count(), 1)

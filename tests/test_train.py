@@ -4,7 +4,7 @@ import math
 import pytest
 
 from normbench.config import TrainConfig, from_dict
-from normbench.store import write_summary
+from normbench.sweep.store import write_summary
 from normbench.trainer import Stability, lr_at, train
 
 
@@ -150,7 +150,8 @@ def test_batch_stats_evaluation_is_a_train_mode_forward_that_changes_nothing(nor
 
     from normbench.data import EVAL_SEED, make_task
     from normbench.model import Transformer
-    from normbench.trainer import batch_norms, evaluate, evaluate_batch_stats, lm_loss
+    from normbench.probes import batch_norms, evaluate_batch_stats
+    from normbench.trainer import evaluate, lm_loss
 
     cfg = from_dict(tiny_base(model={"norm": norm}, data={"variable_length": True, "min_len": 4}))
     torch.manual_seed(0)
@@ -192,7 +193,7 @@ def test_model_update_is_the_rms_change_of_the_logits_on_a_fixed_batch(tiny_base
 
     from normbench.data import make_task
     from normbench.model import Transformer
-    from normbench.trainer import model_output, model_update
+    from normbench.probes import model_output, model_update
 
     cfg = from_dict(tiny_base(data={"variable_length": True, "min_len": 4}))
     torch.manual_seed(0)

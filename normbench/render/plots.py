@@ -12,7 +12,9 @@ import os
 import textwrap
 from pathlib import Path
 
-from .compare import LR, Comparison, hashable, group_label, plain, short_names
+from ..catalog import AFTER_INIT
+from ..measures import PANELS
+from ..analysis.compare import LR, Comparison, hashable, group_label, plain, short_names
 
 DPI = 120
 
@@ -140,18 +142,6 @@ def _band(frame, log: bool):
     return mean, mean - std, mean + std
 
 
-# panel: (metric column, title, y label, log scale, smoothed) ; drawn when some run logged the metric
-PANELS = [
-    ("loss", "training loss", "loss (nats)", False, True),
-    ("val_loss", "validation loss (seed mean ± std)", "loss (nats)", False, False),
-    ("grad_norm", "global gradient norm before clipping", "‖g‖₂", True, True),
-    ("attn_logit_max", "largest attention logit q·k/√d_h (seed geometric mean; thin: max over seeds)",
-     "max |logit| over heads and layers", True, False),
-    ("model_update", "model update ‖F(x, θ_t) − F(x, θ_0)‖ (Wang et al. 2022)",
-     "RMS change of the logits on a fixed batch", True, False),
-]
-
-
 def curves(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path:
     """The training curves (``curves_figure``) written to ``path``."""
     return _save(curves_figure(c, palette, per_seed=getattr(palette, "per_seed", False)), path)
@@ -159,10 +149,10 @@ def curves(c: Comparison, path: str | Path, palette: Palette | None = None) -> P
 
 def curve_panels(c: Comparison) -> list[str]:
     """The metrics of the curve panels some run logged (one file each with ``report --panels separate``)."""
-    from .curves import runs_curves
+    from ..analysis.curves import runs_curves
 
     frame = runs_curves(c.runs, [k for k in c.by if k in c.runs])
-    return [p[0] for p in PANELS if p[0] in frame and frame[p[0]].notna().any()]
+    return [p.column for p in logged_panels(frame)]
 
 
 def curve_panel(c: Comparison, metric: str, path: str | Path, palette: Palette | None = None) -> Path:
@@ -170,28 +160,44 @@ def curve_panel(c: Comparison, metric: str, path: str | Path, palette: Palette |
     return _save(curves_figure(c, palette, only=metric, per_seed=getattr(palette, "per_seed", False)), path)
 
 
+def logged_panels(frame) -> list:
+    """measures.py's panels (``Series`` with a ``panel``) that some run logged."""
+    return [p for p in PANELS if p.column in frame and frame[p.column].notna().any()]
+
+
 def curves_figure(c: Comparison, palette: Palette | None = None, only: str | None = None, per_seed: bool = False):
     """Panels: training loss (running mean), validation loss (seed mean, ±1 std band), global gradient
     norm (log scale: a geometric running mean, and thin the per-step maximum over seeds, so a one-step
     burst shows at its height), the largest attention logit and the model update (log scale), each
-    when the runs logged it; one colour per configuration (``Palette``). Diverged seeds are drawn
-    thin, ending in x, and are left out of the means."""
-    from .curves import runs_curves
+    when the runs logged it (measures.py's ``PANELS``); one colour per configuration (``Palette``).
+    Diverged seeds are drawn thin, ending in x, and are left out of the means."""
+    from ..analysis.curves import runs_curves
 
     plt = _pyplot()
     palette = palette or Palette(c)
     frame = runs_curves(c.runs, [k for k in c.by if k in c.runs])
-    panels = [p for p in PANELS if p[0] in frame and frame[p[0]].notna().any()] or PANELS[:3]
+    panels = logged_panels(frame) or PANELS[:3]
     if only is not None:
-        panels = [p for p in PANELS if p[0] == only]
+        panels = [p for p in PANELS if p.column == only]
     ncols = 2 if len(panels) <= 4 else 3
     nrows = math.ceil(len(panels) / ncols)
     fig, grid = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4.5 * nrows), squeeze=False)
     axes = list(grid.ravel())
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    steps_max = int(c.runs["steps_done"].max() or 1)
-    window = max(1, steps_max // 50)
+    window = max(1, int(c.runs["steps_done"].max() or 1) // 50)
+    diverged = _draw_groups(c, palette, frame, axes, panels, window, per_seed)
+    _draw_diverged(frame, axes, panels, window, diverged)
+    _decorate(fig, axes, panels, window)
+    note = "\nx marks where a diverged run stopped (its loss clipped to the top of the axis)" if diverged else ""
+    what = "one panel" if only is not None else "training curves"
+    seeds = "; thin lines: each seed" if per_seed else ""
+    fig.suptitle(f"{recipe_title(c)}: {what}{seeds}{note}", y=1.03)
+    return fig
+
+
+def _draw_groups(c: Comparison, palette: Palette, frame, axes, panels, window: int, per_seed: bool) -> list:
+    """Each group's seed mean (and band) on every panel; returns the groups with diverged seeds."""
     diverged = []
     for _, row in c.table.iterrows():
         label = c.label(row)
@@ -199,47 +205,58 @@ def curves_figure(c: Comparison, palette: Palette | None = None, only: str | Non
         g = c.runs[c.runs["group"] == label]
         ok_ids = list(g.loc[~g["diverged"], "run_id"])
         n = f" (n={len(g)}{', ' + str(len(g) - len(ok_ids)) + ' diverged' if len(ok_ids) < len(g) else ''})"
-        for ax, (metric, _, _, log, smooth) in zip(axes, panels):
-            wide = _wide(frame, ok_ids, metric)
+        for ax, p in zip(axes, panels):
+            wide = _wide(frame, ok_ids, p.column)
             if wide is None:
                 continue
-            if smooth:
-                wide = wide.apply(lambda col: _smooth(col.to_numpy(), window, log))
-            mean, lo, hi = _band(wide, log)
+            if p.smoothed:
+                wide = wide.apply(lambda col: _smooth(col.to_numpy(), window, p.log))
+            mean, lo, hi = _band(wide, p.log)
             if per_seed:  # each seed thin, under the mean
                 for col in wide.columns:
                     ax.plot(wide.index, wide[col], color=color, ls=ls, lw=0.5, alpha=0.5)
             ax.plot(wide.index, mean, color=color, ls=ls, lw=1.6, label=label + n,
-                    marker="o" if metric == "val_loss" else None, ms=3)
+                    marker="o" if p.column == "val_loss" else None, ms=3)
             if wide.shape[1] > 1:
                 ax.fill_between(wide.index, lo, hi, color=color, alpha=0.18, lw=0)
-            if metric in ("grad_norm", "attn_logit_max"):  # the maxima, unsmoothed: bursts at their height
-                raw = _wide(frame, ok_ids, metric)
+            if p.column in ("grad_norm", "attn_logit_max"):  # the maxima, unsmoothed: bursts at their height
+                raw = _wide(frame, ok_ids, p.column)
                 ax.plot(raw.index, raw.max(axis=1), color=color, ls=ls, lw=0.6, alpha=0.55)
         if len(ok_ids) < len(g):
             diverged.append((color, ls, label + n, not ok_ids, list(g.loc[g["diverged"], "run_id"])))
-    # diverged runs end far above the rest: clip them to the top of the finished curves, mark the end with x
+    return diverged
+
+
+def _draw_diverged(frame, axes, panels, window: int, diverged: list) -> None:
+    """Diverged runs end far above the rest: clip them to the top of the finished curves, mark the end
+    with x (the loss and gradient-norm panels)."""
     top = axes[0].get_ylim()[1] if axes[0].lines else None
     for color, ls, label, all_diverged, run_ids in diverged:
         for i, rid in enumerate(run_ids):
             log_frame = frame[frame["run_id"] == rid]
-            for ax, (metric, _, _, log, smooth) in zip(axes, panels):
+            for ax, p in zip(axes, panels):
+                metric = p.column
                 if metric not in ("loss", "grad_norm") or log_frame[metric].notna().sum() == 0:
                     continue
                 sub = log_frame[["step", metric]].dropna()
-                ys = _smooth(sub[metric].to_numpy(), window, log) if smooth else sub[metric].to_numpy()
+                ys = _smooth(sub[metric].to_numpy(), window, p.log) if p.smoothed else sub[metric].to_numpy()
                 if metric == "loss" and top is not None:
                     ys = [min(y, top) for y in ys]
                 ax.plot(sub["step"], ys, color=color, ls=ls, lw=0.8, alpha=0.7,
                         label=label if (all_diverged and i == 0 and metric == "loss") else None)
                 ax.plot(sub["step"].iloc[-1], ys[-1], marker="x", color=color, ms=8, mew=2)
+
+
+def _decorate(fig, axes, panels, window: int) -> None:
+    """Titles, axes and the legend (in a spare panel, else below the figure)."""
     smoothing = f"running mean over {window} steps" if window > 1 else "every step"
-    for ax, (metric, title, ylabel, log, smooth) in zip(axes, panels):
-        if metric == "loss":
+    for ax, p in zip(axes, panels):
+        title = p.panel
+        if p.column == "loss":
             title = f"{title} ({smoothing})"
-        elif metric == "grad_norm":
+        elif p.column == "grad_norm":
             title = f"{title}\n(seed geometric mean, {smoothing.replace('running mean', 'running geometric mean')}; thin: per-step max)"
-        ax.set(title=title, xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
+        ax.set(title=title, xlabel="step", ylabel=p.ylabel, yscale="log" if p.log else "linear")
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
     fig.tight_layout()  # room for the log axis's tick labels between the panels
@@ -255,14 +272,9 @@ def curves_figure(c: Comparison, palette: Palette | None = None, only: str | Non
         row = 0.22 / fig.get_figheight()  # one legend row, in figure coordinates
         fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=10,
                    bbox_to_anchor=(0.5, -0.02 - row * math.ceil(len(labels) / 4)), frameon=False)
-    for ax, (metric, *_rest) in zip(axes, panels):
-        if _rest[2]:  # a log panel
+    for ax, p in zip(axes, panels):
+        if p.log:
             log_ticks(ax)
-    note = "\nx marks where a diverged run stopped (its loss clipped to the top of the axis)" if diverged else ""
-    what = "one panel" if only is not None else "training curves"
-    seeds = "; thin lines: each seed" if per_seed else ""
-    fig.suptitle(f"{recipe_title(c)}: {what}{seeds}{note}", y=1.03)
-    return fig
 
 
 def _wide(frame, run_ids: list[str], metric: str):
@@ -289,10 +301,6 @@ def _profile_mean(profiles: list[list], geometric: bool = False):
 
 
 # training keys that cannot change the gradient at step 0: groups differing only in them share a profile
-AFTER_INIT = {"train.steps", "train.lr", "train.warmup_steps", "train.schedule", "train.min_lr_ratio",
-              "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip", "train.eval_every",
-              "train.eval_tokens", "train.measure_every", "train.spike_factor", "train.spike_window",
-              "train.divergence_margin"}
 
 
 def grad_norm_init_lines(c: Comparison) -> list[tuple]:
@@ -340,8 +348,8 @@ def lr_lines(c: Comparison) -> list[tuple]:
     """Per combination of the factors other than the learning rate: (label, row, sensitivity, [(lr,
     mean capped loss over seeds, 95% half-width over seeds)], cap), from the same capped losses as
     the LR sensitivity (``compare.capped_losses``)."""
-    from .compare import groups, capped_losses
-    from .stats import interval
+    from ..analysis.compare import groups, capped_losses
+    from ..analysis.stats import interval
 
     if c.sensitivity is None:
         return []

@@ -14,6 +14,8 @@ import statistics
 import warnings
 from dataclasses import dataclass
 
+from ..numbers import missing
+
 ALPHA = 0.05
 POWER = 0.8
 
@@ -188,7 +190,7 @@ def tie_diff(x: float, y: float) -> float:
 
 
 def _clean(values) -> list[float]:
-    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return [float(v) for v in values if not missing(v if v is None else float(v))]
 
 
 def paired(diffs, rank: bool = False) -> Contrast:
@@ -228,7 +230,7 @@ def unpaired(a, b) -> Contrast:
 def stratified(parts: list[tuple[list, list]]) -> Contrast:
     """Unpaired arms across several settings, one test blocked by setting: the mean over settings of
     each setting's mean difference, its se from the settings' variances, Welch-Satterthwaite df."""
-    ds, vs, dfs = [], [], []
+    ds, vs = [], []
     for a, b in parts:
         a, b = _clean(a), _clean(b)
         if len(a) < 2 or len(b) < 2:

@@ -7,9 +7,9 @@ import math
 
 import pandas as pd
 
-from .compare import (LOSS_METRICS, LR, METRICS, OVER_ALL_RUNS, SPEED_METRICS, Comparison, count, hashable,
-                      plain, short_names)
-
+from ..analysis.compare import LR, Comparison, count, hashable, plain, short_names
+from ..numbers import fmt_number
+from ..measures import COMPARED, LOSSES, ON_DIVERGED, SPEED
 
 
 def records(table: pd.DataFrame) -> list[dict]:
@@ -28,7 +28,7 @@ def to_csv(c: Comparison) -> str:
 
 
 def to_json(c: Comparison) -> str:
-    doc = {"by": c.by, "metric": c.metric, "lower_is_better": METRICS[c.metric][1], "sources": c.sources,
+    doc = {"by": c.by, "metric": c.metric, "lower_is_better": COMPARED[c.metric].lower_better, "sources": c.sources,
            "rows": records(c.table),
            "lr_sensitivity": records(c.sensitivity) if c.sensitivity is not None else None,
            "crashed": [{"run_id": r["run_id"], "path": r["path"], "error": r.get("error")}
@@ -38,22 +38,14 @@ def to_json(c: Comparison) -> str:
 
 
 def fmt_value(v, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        if abs(v) >= 1e7:  # 77,138,552,160,256 reads as noise: 7.714e+13
-            return f"{v:.{digits}g}"
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
-    return str(v)
+    return fmt_number(v, digits)
 
 
 def cell(row, m: str) -> str:
     """``2.174 ± 0.012``: the mean and the half-width of its 95% interval; ``diverged`` for a loss when
     every run of the group diverged; ``-`` when not measured. Stability measures are shown for
     diverged runs too."""
-    if row["n_diverged"] == row["n"] and m not in OVER_ALL_RUNS and m not in SPEED_METRICS:
+    if row["n_diverged"] == row["n"] and m not in ON_DIVERGED and m not in SPEED:
         return "diverged"
     mean, lo, hi = row[f"{m}_mean"], row.get(f"{m}_ci95_lo", math.nan), row.get(f"{m}_ci95_hi", math.nan)
     if isinstance(mean, float) and math.isnan(mean):
@@ -76,7 +68,7 @@ def vs_best(row, is_best: bool) -> str:
 def display_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the terminal table and the markdown one."""
     names = short_names(c.by)
-    header = [names[k] for k in c.by] + ["n", "diverged", "vs best"] + [METRICS[m][0] for m in c.metrics]
+    header = [names[k] for k in c.by] + ["n", "diverged", "vs best"] + [COMPARED[m].title for m in c.metrics]
     if "lr_sensitivity" in c.table:
         header.append("LR sens.")
     rows = []
@@ -138,14 +130,14 @@ def against_best_words(c: Comparison) -> str:
 
 
 def legend(c: Comparison) -> str:
-    direction = "lower" if METRICS[c.metric][1] else "higher"
+    direction = "lower" if COMPARED[c.metric].lower_better else "higher"
+    every = [COMPARED[m].title for m in c.metrics if m in ON_DIVERGED]  # measures.py: on_diverged
+    over = f", stability measures ({', '.join(every)}) over every seed" if every else ""
     return (f"Ranked by the share of diverged runs, then by {c.metric} ({direction} is better). Cells: mean ± "
             "the half-width of its 95% confidence interval (Student's t over the seeds; none with one seed); "
-            "losses over the seeds that did not diverge, stability measures (spikes, max |grad|, max logit, max "
-            "update, steps > ceiling, max loss) over every seed. 'vs best': Welch's t-test p against the best "
+            f"losses over the seeds that did not diverge{over}. 'vs best': Welch's t-test p against the best "
             "group on the ranking metric, '=' when not distinguishable from it at 5%, 'untested' with fewer than 2 "
-            "seeds on either side. 'diverged' counts the runs "
-            "that did. Losses in nats.")
+            "seeds on either side. 'diverged' counts the runs that did. Losses in nats.")
 
 
 def to_markdown(c: Comparison) -> str:
@@ -162,7 +154,7 @@ def to_markdown(c: Comparison) -> str:
             parts.append(words)
         if part.sensitivity is not None:
             parts += [f"Learning-rate sensitivity of {sens_metric(part)} (Wortsman et al. 2023: mean over the "
-                      "learning rates of min(loss, ln V) minus the best; lower is more forgiving):",
+                      "learning rates of min(loss, the loss at initialisation) minus the best; lower is more forgiving):",
                       markdown_table(*sensitivity_rows(part))]
     if c.notes:
         parts += ["Notes:", "\n".join(f"- {n}" for n in c.notes)]
@@ -170,4 +162,17 @@ def to_markdown(c: Comparison) -> str:
 
 
 def sens_metric(c: Comparison) -> str:
-    return c.metric if c.metric in LOSS_METRICS else "final_val_loss"
+    return c.metric if c.metric in LOSSES else "final_val_loss"
+
+
+def ledger_markdown(df: pd.DataFrame) -> str:
+    def p(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"
+
+    rows = [[r["claim"], r["source"], r["recipe"], r["test"], f"**{r['verdict']}**", r["evidence"], p(r["p"]),
+             p(r["p_adjusted"])] for _, r in df.iterrows()]
+    legend = ("\nEvidence: each arm's mean ± the half-width of its 95% confidence interval (n seeds; geometric mean "
+              "×/÷ its interval factor on the log scale), the contrast with its 95% interval (an equivalence is "
+              "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting. "
+              f"p_adjusted: Holm over the {len(df)} claims listed. The rule: docs/claims.md.\n")
+    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted"], rows) + legend

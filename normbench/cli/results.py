@@ -11,11 +11,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .cli import app, err_console, fail, out_console, table_width
-from .errors import NormbenchError
+from .app import app, err_console, fail, out_console, table_width
+from ..errors import NormbenchError
 
-FORMATS = ("table", "csv", "markdown", "json")
-SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".json": "json", ".txt": "table"}
 ByOpt = typer.Option(None, "--by", metavar="KEYS",
                      help="Comma-separated dotted keys to group by, e.g. model.norm,model.placement. "
                           "Default: every key that varies among the runs (and recipe, when several).")
@@ -33,7 +31,7 @@ PoolOpt = typer.Option(False, "--pool", help="Average over keys that vary but ar
 
 
 def _compare(results, by, metric, filters, pool=False):
-    from .compare import compare as do_compare
+    from ..analysis.compare import compare as do_compare
 
     return do_compare(results or [Path("results")], by=by, metric=metric, filters=filters, pool=pool)
 
@@ -42,12 +40,12 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
     """The comparison as a rich table that fits ``width``: the columns naming each row (the factors,
     n, diverged) and the ranking metric are never cut; the other metric columns are left out from
     the right until the table fits. Returns the table and the titles left out."""
-    from .tables import display_rows, legend
+    from ..render.tables import display_rows, legend
 
     header, rows = display_rows(c)
     fixed = len(c.by) + 3  # factors, n, diverged, vs best
     keep_always = set(range(fixed)) | {fixed + c.metrics.index(c.metric)}
-    from .cli import fit_columns
+    from .app import fit_columns
 
     def build(cols: list[int], caption: bool = False) -> Table:
         what = f"compare {c.recipe}" if c.recipe else "compare"
@@ -67,7 +65,7 @@ def _rich_compare(c, width: int) -> tuple[Table, list[str]]:
 
 
 def _rich_sensitivity(c) -> Table:
-    from .tables import sensitivity_rows
+    from ..render.tables import sensitivity_rows
 
     header, rows = sensitivity_rows(c)
     table = Table(title="LR sensitivity (lower: more forgiving)",
@@ -98,11 +96,12 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
     Diverged runs are counted (diverged column), never averaged in. Crashed or unfinished runs
     are listed in notes, and the rest is compared anyway.
     """
-    from .tables import to_csv, to_json, to_markdown
+    from ..render.formats import pick
 
-    fmt = format_ or (SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output else "table")
-    if fmt not in FORMATS:
-        fail(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        fmt = pick(format_, output)
+    except NormbenchError as e:
+        fail(e)
     if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         fail(f"--plot: expected a .png, .pdf or .svg file name, got {str(plot)!r}")
     for path in (output, plot):  # refuse before the work, not after it
@@ -114,7 +113,7 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
         c = _compare(results, by, metric, filter_, pool)
     except NormbenchError as e:
         fail(e)
-    if fmt == "table":
+    if fmt.name == "table":
         # the terminal's console, at the width the tables were fitted to ($COLUMNS, the terminal, else 160)
         console = Console(highlight=False, width=table_width()) if output is None else \
             Console(file=io.StringIO(), width=160, highlight=False)
@@ -130,7 +129,7 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
             console.print(f"note: {note}", markup=False, style="yellow")
         text = console.file.getvalue() if output is not None else None
     else:
-        text = {"csv": to_csv, "markdown": to_markdown, "json": to_json}[fmt](c)
+        text = fmt.comparison(c)
         if output is None:
             sys.stdout.write(text)
             for note in c.notes:  # stdout stays machine-readable
@@ -139,7 +138,7 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
         _write_output(output, text)
         err_console.print(f"wrote {output}", markup=False)
     if plot is not None:
-        from . import plots
+        from ..render import plots
 
         parts = c.per_recipe()  # several recipes: one figure each, FILE's name plus _<recipe>
         for part in parts:
@@ -149,7 +148,7 @@ def compare(results: Optional[List[Path]] = typer.Argument(None, help="Results f
 
 
 def _write_output(path: Path, text: str | None, draw=None) -> None:
-    from . import store
+    from ..sweep import store
 
     try:
         if draw is not None:
@@ -178,12 +177,12 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
 
     A folder holding several recipes gets one report per recipe (in each recipe's folder) and
     an index RESULTS/report.md linking them; --by gives one combined report instead."""
-    from .report import write_report
+    from ..render.report import write_report
 
     try:
         extra = _figure_formats(formats)
         c = _compare([results], by, metric, filter_, pool)
-        from .report import regenerate_command
+        from ..render.report import regenerate_command
 
         command = regenerate_command(c, results, extra) + (f" --panels {panels}" if panels != "together" else "") \
             + (" --per-seed" if per_seed else "")
@@ -192,7 +191,7 @@ def report(results: Path = typer.Argument(..., help="Results folder; report.md a
         fail(e)
     parts = c.per_recipe()
     if len(parts) > 1:
-        from .report import report_home
+        from ..render.report import report_home
 
         out_console.print(f"wrote {path}, an index of {len(parts)} reports (one per recipe):", markup=False)
         for part in parts:
@@ -219,10 +218,6 @@ def _write_report(write_report, c, results: Path, command: str, formats: list[st
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
 
-def pd_isnan(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
-
-
 VERDICT_STYLE = {"held": "green", "not held": "red", "inconclusive": "dim"}
 
 
@@ -245,17 +240,20 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
     """Judge every claim of the recipes on their finished runs: held, not held or inconclusive, with the
     test (paired t, Welch, rank, Fisher, Stein), the evidence by group name, p and its Holm-adjusted
     p_adjusted over the claims printed (docs/claims.md)."""
-    from . import store
-    from .ledger import claims_ledger, to_markdown
+    from ..sweep import store
+    from ..analysis.ledger import claims_ledger
+    from ..numbers import missing
+    from ..render.formats import pick
 
-    fmt = format_ or (SUFFIX_FORMATS.get(output.suffix.lower(), "table") if output else "table")
-    if fmt not in FORMATS:
-        fail(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        fmt = pick(format_, output)
+    except NormbenchError as e:
+        fail(e)
     if output is not None and not output.parent.is_dir():
         fail(NormbenchError("its folder does not exist", file=str(output)))
     try:
         if settle:
-            from .settle import settle_recipes
+            from ..analysis.settle import settle_recipes
 
             if not paths or any(not p.is_file() for p in paths):
                 raise NormbenchError("expected recipe files (the arms to add seeds to come from the recipe)",
@@ -268,13 +266,13 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
     if df.empty:
         fail(NormbenchError("no claims found (a recipe's claims: list; results folders hold them in claims.yaml)",
                             file=", ".join(map(str, paths or [Path("results")]))))
-    if fmt == "table":
+    if fmt.name == "table":
         table = Table(title=f"claims: {len(df)} ({', '.join(f'{n} {v}' for v, n in df['verdict'].value_counts().items())})",
                       title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_lines=True)
         for col in ("claim", "source", "recipe", "test", "verdict", "evidence", "p_adjusted"):
             table.add_column(col, overflow="fold", ratio=4 if col == "evidence" else 2 if col in ("claim", "test") else 1)
         for _, r in df.iterrows():
-            padj = "-" if pd_isnan(r["p_adjusted"]) else f"{r['p_adjusted']:.2g}"
+            padj = "-" if missing(r["p_adjusted"]) else f"{r['p_adjusted']:.2g}"
             table.add_row(r["claim"], r["source"], r["recipe"], r["test"],
                           f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]", r["evidence"], padj)
         if output is None:
@@ -284,8 +282,7 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
         console.print(table)
         text = console.file.getvalue()
     else:
-        text = {"markdown": to_markdown, "csv": lambda d: d.to_csv(index=False),
-                "json": lambda d: d.to_json(orient="records", indent=2) + "\n"}[fmt](df)
+        text = fmt.ledger(df)
         if output is None:
             sys.stdout.write(text)
             return

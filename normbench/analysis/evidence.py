@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 
-from .claims import BINARY, Claim
+from ..claims import Claim
+from ..measures import BINARY, METRICS
+from ..numbers import fmt_number, missing
 from .stats import Contrast, interval, tie_diff
 
-LOSSES = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats", "initial_loss")
+# in nats, shown to three decimals: the losses and the LR sensitivity
+NATS = {k for k, m in METRICS.items() if m.loss} | {"lr_sensitivity"}
 
 
 
@@ -23,13 +25,9 @@ def group_name(selector: dict) -> str:
 
 def fmt(claim: Claim, v: float) -> str:
     """A value on the metric's own scale: losses with three decimals, the rest four significant digits."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if math.isinf(v):
-        return "diverged"
-    if claim.metric in LOSSES or claim.metric == "lr_sensitivity":
+    if claim.metric in NATS and not missing(v) and math.isfinite(v):
         return f"{v:.3f}"
-    return f"{v:,.4g}"
+    return fmt_number(v, inf="diverged")
 
 
 def describe_arm(claim: Claim, values: dict) -> str:
@@ -60,7 +58,7 @@ def describe_contrast(claim: Claim, c: Contrast) -> str:
         est = f"ratio {math.exp(c.d):.3g}×" if math.isfinite(c.d) else "ratio -"
         ci = "" if math.isnan(lo) else f" [95% CI {math.exp(lo):.3g}×, {math.exp(hi):.3g}×]"
     else:
-        sign = (lambda v: f"{v:+.3f}" if claim.metric in LOSSES or claim.metric == "lr_sensitivity" else f"{v:+.4g}")
+        sign = (lambda v: f"{v:+.3f}" if claim.metric in NATS else f"{v:+.4g}")
         est = f"Δ {sign(c.d)}" if math.isfinite(c.d) else "Δ -"
         ci = "" if math.isnan(lo) else f" [95% CI {sign(lo)}, {sign(hi)}]"
     n = f"n={c.n[0]} pairs" if len(c.n) == 1 else "n=" + "/".join(map(str, c.n))
@@ -99,18 +97,3 @@ def _arm_diff(claim: Claim, a: dict, b: dict) -> str:
         return f"×{math.exp(ci.mean):.3g}"
     half = "" if math.isnan(ci.lo) else f" ± {ci.half:.3f}"
     return f"{ci.mean:+.3f}{half}"
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    from .tables import markdown_table
-
-    def p(v):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"
-
-    rows = [[r["claim"], r["source"], r["recipe"], r["test"], f"**{r['verdict']}**", r["evidence"], p(r["p"]),
-             p(r["p_adjusted"])] for _, r in df.iterrows()]
-    legend = ("\nEvidence: each arm's mean ± the half-width of its 95% confidence interval (n seeds; geometric mean "
-              "×/÷ its interval factor on the log scale), the contrast with its 95% interval (an equivalence is "
-              "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting. "
-              f"p_adjusted: Holm over the {len(df)} claims listed. The rule: docs/claims.md.\n")
-    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted"], rows) + legend

@@ -4,7 +4,7 @@ Ray core tasks, not Ray Tune: normbench keeps owning its sweep state and resume 
 folders), and Ray only places and runs the tasks. A task trains in a temporary folder on its
 worker and returns the run record (summary, metrics log, error) to the driver, which writes the
 run folder; workers need not share a filesystem with the driver. Progress comes back through a
-``ray.util.queue.Queue`` (an actor). The same interface as ``LocalExecutor`` (executors.py).
+``ray.util.queue.Queue`` (an actor). The same interface as ``LocalExecutor`` (executor.py).
 
 Faults: a run that raises is returned as a record with the worker's traceback (a crashed run,
 the sweep goes on); a worker process that dies (killed, out of memory, node lost) is retried by
@@ -20,8 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import NormbenchError
-from .executors import Event, cpu_count, throttled_progress
+from ..errors import NormbenchError
+from .executor import Event, Executor, Option, cpu_count, load_plugins, throttled_progress
 
 # a local instance started for a sweep: a small object store (records are small; /dev/shm may be too)
 LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
@@ -47,9 +47,8 @@ def _train_task(index: int, cfg_dict: dict, threads: int, events, plugins=None) 
 
     with tempfile.TemporaryDirectory(prefix="normbench-run-") as tmp:
         try:
-            from .config import from_dict
-            from .executors import load_plugins
-            from .trainer import train
+            from ..config import from_dict
+            from ..trainer import train
 
             load_plugins(plugins)  # the plugin files' texts came with the task: no shared filesystem needed
             # the thread count set explicitly: Ray sets OMP_NUM_THREADS, and a reused worker keeps
@@ -77,8 +76,24 @@ def check_reachable(address: str) -> None:
                              f"`ray start --head` or drop --address for a local instance", key="--address") from None
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs ``(run_dir, cfg_dict)`` tasks as Ray tasks, at most ``jobs`` in flight, yielding Events."""
+    name = "ray"
+    OPTIONS = (
+        Option("address", None, str, "auto or ray://HOST:PORT joins a cluster; default: a local Ray instance "
+                                      "for this sweep", flag="--address"),
+        Option("cpus_per_run", 1.0, float, "CPUs each run asks for (and its torch threads unless --threads)",
+               min=0, min_open=True, flag="--cpus-per-run"),
+        Option("gpus_per_run", 0.0, float, "GPUs each run asks for; a fraction shares a GPU (0.25: four runs)",
+               min=0, flag="--gpus-per-run"),
+        Option("retries", 0, int, "rerun a run whose worker died (killed, out of memory, node lost) up to N times",
+               min=0, flag="--retries"),
+    )
+
+    @classmethod
+    def parallelism(cls, n_runs, jobs, threads, devices, options):
+        """The cluster's resources decide how many run at once (``open``); --jobs caps it."""
+        return max(1, min(jobs or n_runs, n_runs)), threads or max(1, int(options.get("cpus_per_run", 1)))
 
     def __init__(self, jobs: int, threads: int | None, address: str | None = None, cpus_per_run: float = 1,
                  gpus_per_run: float = 0, retries: int = 0, plugins: list | None = None):

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import __version__, plots, store
-from .compare import Comparison, plain, short_names
+from ..version import __version__
+from . import plots
+from ..sweep import store
+from ..analysis.compare import Comparison, plain, short_names
 from .tables import (against_best_words, display_rows, fmt_value, legend, markdown_table, sens_metric,
                      sensitivity_rows)
 
@@ -40,7 +42,7 @@ def write_report(c: Comparison, out_dir: str | Path, command: str | None = None,
     command = command or regenerate_command(c, out_dir, formats)
     parts = c.per_recipe()
     if panels not in ("together", "separate"):
-        from .errors import NormbenchError
+        from ..errors import NormbenchError
 
         raise NormbenchError(f"expected together or separate, got {panels!r}", key="--panels")
     options = {"panels": panels, "per_seed": per_seed}
@@ -142,8 +144,9 @@ def _write_one(c: Comparison, out_dir: Path, command: str, formats=(), panels: s
 
 def claims_section(c: Comparison) -> list[str]:
     """## Claims: the recipe's claims (its results folder's claims.yaml) with verdicts and evidence."""
-    from .claims import CLAIMS_FILE
-    from .ledger import claims_ledger, to_markdown
+    from ..claims import CLAIMS_FILE
+    from ..analysis.ledger import claims_ledger
+    from .tables import ledger_markdown
 
     if len(c.sources) != 1 or not (Path(c.sources[0]) / CLAIMS_FILE).exists():
         return []
@@ -155,14 +158,14 @@ def claims_section(c: Comparison) -> list[str]:
             f"The recipe's claims judged on {judged_config(Path(c.sources[0]))} ({counts}); the rule is in "
             "docs/claims.md. Evidence: each arm's mean ± the half-width of its 95% interval (n seeds; geometric "
             "on the log scale), the contrast with its 95% interval and the test, per setting of the other "
-            "factors; p_adjusted is Holm's over this recipe's claims.", "", to_markdown(df), ""]
+            "factors; p_adjusted is Holm's over this recipe's claims.", "", ledger_markdown(df), ""]
 
 
 def judged_config(folder: Path) -> str:
     """Which runs the claims were judged on: the recipe as written (claims.yaml), named by its base."""
     import yaml
 
-    from .claims import CLAIMS_FILE
+    from ..claims import CLAIMS_FILE
 
     doc = yaml.safe_load((folder / CLAIMS_FILE).read_text()) or {}
     base = doc.get("base") or {}
@@ -187,10 +190,9 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
         lines += [words, ""]
     if "lr_sensitivity" in figs:
         lines += ["## Learning-rate sensitivity", "",
-                  f"Per configuration, the mean over the learning rates of min(loss, ln V) minus the best loss, on "
-                  f"the seed mean of {sens_metric(c)}; a diverged "
-                  "seed counts as ln V, the loss of a uniform guess (Wortsman et al. 2023). Lower is more "
-                  "forgiving.", "", markdown_table(*sensitivity_rows(c)),
+                  f"Per configuration and seed, the mean over the learning rates of min({sens_metric(c)}, cap) "
+                  "minus the best, averaged over the seeds; the cap is the run's loss at initialisation (step 1), "
+                  "and a diverged run counts at it (Wortsman et al. 2023). Lower is more forgiving.", "", markdown_table(*sensitivity_rows(c)),
                   f"![loss against learning rate]({figs['lr_sensitivity']})", ""]
     lines += ["## Training curves", "",
               "Training loss (running mean), validation loss (seed mean, band ±1 std over seeds), the global "

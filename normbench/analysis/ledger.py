@@ -4,7 +4,7 @@ The rule (docs/claims.md says the same in words):
 
 - **Settings.** A claim is judged in every setting of the keys that vary among its runs besides
   those it names and the seed. A metric taken at initialisation is never split by keys that act
-  only after step 0 (``plots.AFTER_INIT``), and each seed counts once there.
+  only after step 0 (``catalog.AFTER_INIT``), and each seed counts once there.
 - **Pairing, by design.** Where the arms of a setting hold the same seeds (a seed fixes the batch
   order, the validation windows and, where shapes match, the initial weights), the test is on the
   per-seed differences: a paired t-test. Welch's t-test where the seeds differ or the claim says
@@ -38,9 +38,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import AT_INIT, BINARY, CLAIMS_FILE, Claim, parse_claims
-from .evidence import LOSSES, evidence_text, to_markdown  # noqa: F401 (to_markdown: the ledger's format)
-from .errors import NormbenchError
+from ..catalog import AFTER_INIT
+from ..claims import CLAIMS_FILE, Claim, parse_claims
+from ..measures import AT_INIT, BINARY, run_value
+from .evidence import evidence_text
+from ..errors import NormbenchError
 from .stats import (ALPHA, Contrast, combine, holm, paired, rates, seeds_for, sigma_upper, stein,
                     tie_diff, unpaired)
 
@@ -62,45 +64,6 @@ def select(runs: pd.DataFrame, selector: dict[str, list]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # values: one per seed of an arm
-
-
-def run_value(r, metric: str) -> float | None:
-    """One run's value of ``metric``: a diverged run's loss is +inf (the worst), a rate is 0 or 1,
-    None where the run has no value (a measure taken only on runs that did not diverge)."""
-    from .compare import OVER_ALL_RUNS
-
-    diverged = bool(r.get("diverged"))
-    if metric == "diverged":
-        return 1.0 if diverged else 0.0
-    if metric == "stalled":
-        v = r.get("stalled")
-        return None if diverged or v is None or (isinstance(v, float) and math.isnan(v)) else float(bool(v))
-    if metric == "grad_norm_init_last_over_first":
-        prof = r.get("grad_norm_init_by_layer") or []
-        return prof[-1] / prof[0] if len(prof) >= 2 and prof[0] and prof[-1] is not None else None
-    if metric == "resid_log_slope":
-        return log_slope(r.get("resid_rms_by_layer") or [])
-    if metric == "abs_final_log_z":
-        v = r.get("final_log_z")
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else abs(float(v))
-    if diverged and metric in LOSSES:
-        return math.inf
-    if diverged and metric not in OVER_ALL_RUNS:
-        return None
-    v = r.get(metric)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return float(v)
-
-
-def log_slope(profile: list) -> float | None:
-    """Least-squares slope of ln(value) over the 1-based index: how fast a per-layer profile grows."""
-    pts = [(i + 1, math.log(v)) for i, v in enumerate(profile) if v is not None and v > 0]
-    if len(pts) < 2:
-        return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
 
 
 def arm(runs: pd.DataFrame, claim: Claim) -> dict:
@@ -251,7 +214,6 @@ def effect_gap(claim: Claim) -> float | None:
 def setting_keys(claim: Claim, runs: pd.DataFrame) -> list[str]:
     """The keys whose values make the claim's settings."""
     from .compare import varied_factors
-    from .plots import AFTER_INIT
 
     named = {k for k, vs in claim.where.items() if len(vs) == 1} | {k for sel in claim.selectors() for k in sel}
     if claim.metric == "lr_sensitivity":
@@ -347,7 +309,7 @@ def sources_for(paths, out="results") -> list[tuple]:
     import yaml
 
     from .compare import find_recipe_dirs
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
 
     found = []
     for path in map(Path, paths):
@@ -393,7 +355,7 @@ def settled_ids(settled: dict, statement: str | None = None) -> set:
 def judge(sources) -> list[tuple]:
     """(recipe name, claim, its finished runs, evaluate()'s result) for every claim of ``sources``."""
     from .compare import collect
-    from .store import DONE
+    from ..sweep.store import DONE
 
     out = []
     for src in sources:

@@ -20,8 +20,8 @@ import dataclasses
 import statistics
 from pathlib import Path
 
-from . import store
-from .errors import NormbenchError
+from ..sweep import store
+from ..errors import NormbenchError
 from .ledger import SETTLE_FILE, effect_gap, judge, read_settled, seed_contrasts
 from .stats import seeds_for
 
@@ -68,8 +68,8 @@ def settle_recipes(paths, out, budget: int, jobs: int | None = None) -> list[str
     ``budget`` new runs; returns what was done, a line each."""
     import yaml
 
-    from .recipe import Recipe, load_recipe
-    from .sweep import execute, make_plan
+    from ..recipe import Recipe, load_recipe
+    from ..sweep.execute import execute, make_plan
 
     lines, left = [], budget
     for path in paths:
@@ -112,7 +112,7 @@ def settle_recipes(paths, out, budget: int, jobs: int | None = None) -> list[str
             stage = Recipe(name=rec.name, description=f"second stage of {rec.name}", runs=unique)
             from rich.console import Console
 
-            from .display import make_reporter
+            from ..sweep.display import make_reporter
 
             # progress on stderr: stdout carries the ledger (--format json, csv)
             reporter = make_reporter(quiet=True, console=Console(stderr=True, soft_wrap=True))

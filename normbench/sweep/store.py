@@ -26,13 +26,11 @@ from typing import Any
 
 import yaml
 
-from .config import LATER_KEYS
-from .errors import NormbenchError
+from ..config import LATER_KEYS
+from ..measures import INDEX_SKIP
+from ..errors import NormbenchError
 
 SUMMARY, CONFIG, METRICS, ERROR, INDEX, LOCK = "summary.json", "config.yaml", "metrics.jsonl", "error.txt", "index.csv", ".lock"
-# summary entries that are lists or mappings stay in summary.json, not in the index
-INDEX_SKIP = {"spike_steps", "grad_norm_init_by_layer", "val_losses", "corpus", "versions", "resid_rms_by_layer",
-              "resid_rms_by_layer_init", "plugin"}
 
 
 def _umask() -> int:
@@ -136,8 +134,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_run(run_dir: Path) -> dict | None:
-    """One index row: run_id, status, the resolved config as dotted keys, the summary's scalars."""
+def read_run(run_dir: Path, keep: tuple = ()) -> dict | None:
+    """One index row: run_id, status, the resolved config as dotted keys, the summary's scalars (a
+    list or mapping only if named in ``keep``: measures.py's ``listed`` keys stay out of the index)."""
     st = status(run_dir)
     if st not in DONE and st != "crashed":
         return None
@@ -151,7 +150,7 @@ def read_run(run_dir: Path) -> dict | None:
         row.setdefault(key, default)
     if st in DONE:
         summary = json.loads((run_dir / SUMMARY).read_text())
-        row.update({k: v for k, v in summary.items() if k not in INDEX_SKIP and k != "run_id"})
+        row.update({k: v for k, v in summary.items() if (k not in INDEX_SKIP or k in keep) and k != "run_id"})
         row["device_used"] = row.pop("device", None)
     else:
         row["error"] = (run_dir / ERROR).read_text().strip().splitlines()[-1][:200] if (run_dir / ERROR).exists() else ""
@@ -161,7 +160,7 @@ def read_run(run_dir: Path) -> dict | None:
 def _config_order(row: dict) -> tuple:
     """index.csv's order: by configuration (the recipe keys in schema order), then seed; numbers as
     numbers, so 1e-3 comes before 1e-2."""
-    from .config import all_keys
+    from ..config import all_keys
 
     def part(v):
         if isinstance(v, bool) or v is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import store
+from ..sweep import store
 
 # run columns that come before the curves, besides the factors
 RUN_COLUMNS = ["run_id", "recipe", "seed", "status", "diverged"]

@@ -6,80 +6,40 @@ from another machine.
 
 Aggregation rule: a diverged run has no final loss, so the losses are the mean ± std (sample
 std, ddof=1) over the runs of a group that did *not* diverge; the stability measures
-(``OVER_ALL_RUNS``: max gradient norm, max attention logit, spikes...) are over every run,
+(``ON_DIVERGED``: max gradient norm, max attention logit, spikes...) are over every run,
 diverged ones included, since they are what an instability study looks at. ``n`` counts the
 group's finished runs and ``diverged_rate`` the share that diverged. A group whose runs all
 diverged has no losses, but still its stability measures.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from . import store
-from .config import all_keys, suggest
-from .errors import NormbenchError
+from ..sweep import store
+from ..config import config_keys
+from ..dotted import matches, resolve_key, suggest
+from ..errors import NormbenchError
+from ..numbers import none_if_missing
+from ..measures import COMPARED, LEAK_TOL, LOSSES, ON_DIVERGED, SPEED, default_columns
 from .stats import ALPHA, interval, welch
 
-# metric -> (column title, lower is better)
-METRICS = {
-    "final_val_loss": ("final val", True),
-    "best_val_loss": ("best val", True),
-    "final_train_loss": ("final train", True),
-    "loss_spikes": ("spikes", True),
-    "max_grad_norm": ("max |grad|", True),
-    "median_grad_norm": ("median |grad|", True),
-    "max_attn_logit": ("max logit", True),
-    "tokens_per_s": ("tok/s", False),
-    "wall_s": ("wall s", True),
-    "max_model_update": ("max update", True),
-    "final_val_loss_batch_stats": ("final val, batch stats", True),
-    "bn_eval_gap": ("BN eval gap", True),
-    "train_causal_leak": ("causal leak", True),
-    "unstable_steps": ("steps > ceiling", True),
-    "max_loss": ("max loss", True),
-    "resid_rms_last": ("resid RMS, last block", True),
-    "resid_rms_growth": ("resid RMS growth", True),
-    "initial_loss": ("loss at step 1", True),
-    "unigram_loss": ("unigram loss", True),
-    "stalled": ("stalled", True),
-    "max_abs_log_z": ("max |log Z|", True),
-    "final_log_z": ("final log Z", True),
-    "bn_mean_dev": ("BN mean fluctuation", True),
-    "bn_var_dev": ("BN var fluctuation", True),
-}
-DEFAULT_METRICS = ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
-                   "tokens_per_s"]
-# default columns too, where some run measured them (the model update since 0.2.0; the gap with BatchNorm)
-WHERE_MEASURED = ["max_model_update", "bn_eval_gap"]
-# default columns too, where some run has a non-zero value: a leak of future tokens, excursions above ln V + margin
-WHERE_NONZERO = ["train_causal_leak", "unstable_steps"]
-LEAK_TOL = 1e-6  # a per-token norm's leak is 0 to float rounding
+# compare's metrics, their titles and directions, and which runs have them: measures.py
 LEAK_NOTE = ("causal leak (train_causal_leak): the RMS change of a run's training-mode logits at positions <= t "
              "when every token after t changes; above 0, the model saw later tokens in training (BatchNorm's "
              "batch statistics), so its training loss is optimistic: judge it by the eval-mode val loss")
-LOSS_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "final_val_loss_batch_stats")
-# measured on every run, diverged ones included: what an instability study wants to see for them. The
-# losses (and measures taken after training) exist only for the runs that did not diverge.
-OVER_ALL_RUNS = ("loss_spikes", "max_grad_norm", "median_grad_norm", "max_attn_logit", "max_model_update",
-                 "unstable_steps", "max_loss", "initial_loss", "unigram_loss", "max_abs_log_z", "bn_mean_dev",
-                 "bn_var_dev")
-# speed, measured while the sweep's runs shared the machine (--jobs): shown, never ranked on
-SPEED_METRICS = ("tokens_per_s", "wall_s")
 SPEED_NOTE = ("tok/s is each run's own throughput while the sweep's runs shared this machine's cores (--jobs "
               "at a time), so it ranks nothing; compare speed with `normbench bench`, which times "
               "configurations side by side on an otherwise idle machine")
+# the per-run lists the figures draw, read with the index row (summary.json is parsed once)
+CURVE_KEYS = ("val_losses", "grad_norm_init_by_layer", "resid_rms_by_layer", "resid_rms_by_layer_init")
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
 NOT_FACTORS = {"seed", "device"}
 
-
-def config_keys() -> list[str]:
-    return [k for k, *_ in all_keys()]
 
 
 @dataclass
@@ -147,16 +107,6 @@ def short_names(keys: list[str]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 and everywhere.count(s) <= 1 else k) for k, s in zip(keys, last)}
 
 
-def resolve_key(key: str, valid, flag: str) -> str:
-    """A dotted key as given, or the one key whose last part it is (``norm`` -> ``model.norm``)."""
-    if key in valid:
-        return key
-    found = [v for v in valid if v.split(".")[-1] == key]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise NormbenchError(f"{key!r} is ambiguous: it could be {' or '.join(sorted(found))}", key=flag)
-    raise NormbenchError(f"unknown key {key!r}{suggest(key, valid)}", key=flag)
 
 
 def group_label(row, by: list[str]) -> str:
@@ -208,7 +158,7 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
             for run_dir in _subdirs(d):
                 if not (run_dir / store.CONFIG).exists():
                     continue
-                row = store.read_run(run_dir)
+                row = store.read_run(run_dir, keep=CURVE_KEYS)
                 if row is None:  # incomplete: still running, interrupted, or never started
                     unfinished.append(run_dir.name)
                     continue
@@ -223,11 +173,7 @@ def collect(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[str]
                 seen[row["run_id"]] = row
                 row["path"] = str(run_dir)
                 if row["status"] in store.DONE:  # the curves the index leaves out, for the figures
-                    summary = json.loads((run_dir / store.SUMMARY).read_text())
-                    row["val_losses"] = summary.get("val_losses") or []
-                    row["grad_norm_init_by_layer"] = summary.get("grad_norm_init_by_layer") or []
-                    row["resid_rms_by_layer"] = summary.get("resid_rms_by_layer") or []
-                    row["resid_rms_by_layer_init"] = summary.get("resid_rms_by_layer_init") or []
+                    row.update({k: row.get(k) or [] for k in CURVE_KEYS})
                 rows.append(row)
             if unfinished:
                 notes.append(f"{d}: {count(unfinished, 'run')} not finished (still running or interrupted; "
@@ -262,14 +208,6 @@ def parse_filters(filters: list[str] | None, columns) -> list[tuple[str, list[st
     return out
 
 
-def matches(v, wanted: str) -> bool:
-    """A run's value against a value as typed (numbers compare as numbers, the rest case-blind)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v).lower() == wanted.lower()
-    try:
-        return float(v) == float(wanted)
-    except ValueError:
-        return False
 
 
 def apply_filters(runs: pd.DataFrame, filters: list[tuple[str, list[str]]]) -> pd.DataFrame:
@@ -307,7 +245,7 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
     """One row per group of ``by``: n, n_diverged, diverged_rate, and per metric <m>_mean, <m>_std and
     the 95% interval <m>_ci95_lo, <m>_ci95_hi (Student's t); sorted best first, then ``p_vs_best``
     (Welch's t-test of the group against the best on ``metric``) and ``same_as_best``."""
-    lower = METRICS[metric][1]
+    lower = COMPARED[metric].lower_better
     rows, ranked = [], []
     for key, g in groups(runs, by):
         ok = g[~g["diverged"].astype(bool)]
@@ -316,7 +254,7 @@ def aggregate(runs: pd.DataFrame, by: list[str], metrics: list[str], metric: str
         row["n_diverged"] = len(g) - len(ok)
         row["diverged_rate"] = row["n_diverged"] / len(g)
         for m in metrics:
-            pool = g if m in OVER_ALL_RUNS or m in SPEED_METRICS else ok
+            pool = g if m in ON_DIVERGED or m in SPEED else ok
             vals = pd.to_numeric(pool[m], errors="coerce").dropna() if m in pool else pd.Series(dtype=float)
             if m == "max_grad_norm" and "divergence_reason" in pool and \
                     pool["divergence_reason"].astype(str).str.startswith("non-finite gradient").any():
@@ -386,11 +324,11 @@ def hashable(v):
 def lr_sensitivity(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame | None:
     """Wortsman et al. 2023: per combination of the factors other than train.lr, each seed's LR
     sensitivity (``seed_sensitivities``) averaged over seeds: the one number compare, the claims, the
-    figures and the README give. ``curve`` is the seed mean of the capped loss at each rate, for the
+    figures and the docs give. ``curve`` is the seed mean of the capped loss at each rate, for the
     figure. Lower is more forgiving. None unless train.lr is a factor."""
     if LR not in by:
         return None
-    loss_metric = metric if metric in LOSS_METRICS else "final_val_loss"
+    loss_metric = metric if metric in LOSSES else "final_val_loss"
     others = [k for k in by if k != LR]
     rows = []
     for key, g in groups(runs, others):
@@ -416,8 +354,8 @@ def capped_losses(runs: pd.DataFrame, loss_metric: str = "final_val_loss") -> li
     ln_v = math.log(float(pd.to_numeric(runs["vocab_size"], errors="coerce").max()))
     init = runs["initial_loss"] if "initial_loss" in runs else pd.Series([None] * len(runs), index=runs.index)
     out = []
-    for lr, d, v, c in zip(runs[LR], runs["diverged"].astype(bool), runs[loss_metric].map(_none_if_nan),
-                           init.map(_none_if_nan)):
+    for lr, d, v, c in zip(runs[LR], runs["diverged"].astype(bool), runs[loss_metric].map(none_if_missing),
+                           init.map(none_if_missing)):
         cap = float(c) if c is not None and math.isfinite(float(c)) else ln_v
         loss = cap if (d or v is None or not math.isfinite(float(v))) else min(float(v), cap)
         out.append((float(lr), loss, cap))
@@ -445,23 +383,17 @@ def seed_sensitivities(runs: pd.DataFrame, loss_metric: str = "final_val_loss") 
     return out
 
 
-def _none_if_nan(v):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v
-
-
 def compare(paths=("results",), by: list[str] | str | None = None, metric: str = "final_val_loss",
             filters: list[str] | None = None, metrics: list[str] | None = None, pool: bool = False) -> Comparison:
     """Read, filter, group and aggregate. ``by=None`` groups by the factors that vary (among the
     runs before filtering, so a filtered table still shows which configuration each row is).
     Keys may be given by their last part (``norm``) where that is unambiguous. Runs that differ
     in a key ``by`` leaves out are refused unless ``pool=True`` (then averaged, with a note)."""
-    if metric in SPEED_METRICS:
+    if metric in SPEED:
         raise NormbenchError(f"{metric} is not a ranking metric: {SPEED_NOTE}", key="--metric")
-    if metric not in METRICS:
-        raise NormbenchError(f"unknown metric {metric!r}{suggest(metric, METRICS)}; expected one of "
-                             f"{', '.join(m for m in METRICS if m not in SPEED_METRICS)}", key="--metric")
+    if metric not in COMPARED:
+        raise NormbenchError(f"unknown metric {metric!r}{suggest(metric, COMPARED)}; expected one of "
+                             f"{', '.join(m for m in COMPARED if m not in SPEED)}", key="--metric")
     runs, notes, sources = collect(list(paths))
     if runs.empty:
         raise NormbenchError("no finished runs to compare yet", file=", ".join(map(str, paths)))
@@ -491,7 +423,7 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
     metrics = list(dict.fromkeys((metrics or default_metrics(done)) + [metric]))
     if "train_causal_leak" in done and (pd.to_numeric(done["train_causal_leak"], errors="coerce") > LEAK_TOL).any():
         notes.append(LEAK_NOTE)
-    if any(m in SPEED_METRICS for m in metrics):
+    if any(m in SPEED for m in metrics):
         notes.append(SPEED_NOTE)
     c = _build(done, crashed, by, metric, metrics, notes, sources)
     c.auto_by, c.metrics_chosen = auto_by, chosen
@@ -513,10 +445,11 @@ def pooling_refusal(done: pd.DataFrame, by: list[str], pooled: list[str]) -> str
 
 
 def default_metrics(runs: pd.DataFrame) -> list[str]:
-    """The default columns, plus the model update and the BatchNorm gap where some run measured them."""
-    extra = [m for m in WHERE_MEASURED if m in runs and pd.to_numeric(runs[m], errors="coerce").notna().any()]
-    extra += [m for m in WHERE_NONZERO if m in runs and (pd.to_numeric(runs[m], errors="coerce") > LEAK_TOL).any()]
-    return DEFAULT_METRICS + extra
+    """The default columns (measures.py's ``column``): always; where some run measured them; where some
+    run has a value above 0 (a leak of future tokens, excursions above ln V + margin)."""
+    def values(m):
+        return pd.to_numeric(runs[m], errors="coerce") if m in runs else pd.Series(dtype=float)
+    return default_columns(lambda m: values(m).notna().any(), lambda m: (values(m) > LEAK_TOL).any())
 
 
 def _build(done: pd.DataFrame, crashed: pd.DataFrame, by: list[str], metric: str, metrics: list[str],

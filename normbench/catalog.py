@@ -1,0 +1,57 @@
+"""The catalogue: the names a recipe may use (norms, placements, tasks) and what each means.
+
+A leaf: it imports nothing of normbench, so the config, the plugin registry, the norms and the CLI
+(``normbench list``) read the same names without importing each other or torch. The norms'
+classes are in norms.py (``norms.NORMS``), keyed by these names.
+"""
+from __future__ import annotations
+
+NORMS = {
+    "layernorm": "LayerNorm over d_model (nn.LayerNorm): per-token mean and variance, gain and bias",
+    "layernorm_nobias": "LayerNorm without the bias (nn.LayerNorm(bias=False))",
+    "rmsnorm": "RMSNorm (nn.RMSNorm): x/rms(x) with a gain, no centring",
+    "scalenorm": "ScaleNorm: g*x/||x||, one scalar gain g initialised to sqrt(d_model)",
+    "dyt": "Dynamic Tanh: gamma*tanh(alpha*x)+beta, scalar alpha initialised to model.dyt_alpha "
+           "(model.dyt_alpha_ffn for the norms not in front of attention)",
+    "dyt_nobias": "Dynamic Tanh without beta, as the DyT LLaMA code: gamma*tanh(alpha*x)",
+    "derf": "Dynamic erf (Chen et al. 2025): gamma*erf(alpha*x + s) + beta, scalars alpha (init 0.5) and s (init 0)",
+    "batchnorm": "BatchNorm over all B*T token positions, padding included (nn.BatchNorm1d)",
+    "batchnorm_masked": "BatchNorm with statistics from non-padding tokens only (PowerNorm's MaskBN)",
+    "batchnorm_causal": "BatchNorm that normalises with running statistics of earlier steps only (updated after "
+                        "use, from non-padding tokens): causal within a step, unlike batchnorm",
+    "powernorm": "PowerNorm (Shen et al. 2020) as its official code: per-head group scaling, then x/sqrt(psi^2) "
+                 "without centring, psi^2 the batch quadratic mean of real tokens during train.warmup_steps and the "
+                 "running one after, with its approximate backward",
+    "none": "no normalization (identity)",
+}
+# norms whose training-mode output at one position depends on other positions of the batch (later
+# tokens included): the training loss of a causal LM is then optimistic (docs/conventions.md: causality)
+LEAKY_NORMS = ("batchnorm", "batchnorm_masked", "powernorm")  # powernorm: during its warmup (batch statistics)
+PLACEMENTS = {
+    "pre": "Pre-LN: x + F(norm(x)), plus a final norm",
+    "post": "Post-LN: norm(x + F(x))",
+    "sandwich": "Peri-LN (sandwich; Gemma 2, Kim et al. 2025): x + norm(F(norm(x))), plus a final norm",
+    "deepnorm": "DeepNorm: norm(alpha*x + F(x)), alpha=(2N)^(1/4), FFN/value/output init scaled by beta=(8N)^(-1/4)",
+    "mixln": "Mix-LN (Li et al. 2024): the first floor(model.mixln_ratio*N) blocks Post-LN, the rest Pre-LN, "
+             "plus a final norm",
+    "lns": "LayerNorm Scaling (Sun et al. 2025): Pre-LN with each block's norm outputs times 1/sqrt(l), "
+           "l the 1-based layer",
+    "outnorm": "OLMo 2's reordered norm: x + norm(F(x)), no norm on the branch input, plus a final norm",
+    "subln": "SubLN (Magneto, Wang et al. 2022): Pre-LN plus a norm inside each branch (before attention's output "
+             "projection, after the MLP's activation); fc1, fc2, value and output projections init times "
+             "sqrt(ln 2N)",
+}
+# placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)
+NEEDS_A_NORM = ("deepnorm", "mixln", "lns", "outnorm", "subln")
+TASKS = {
+    "charlm": "character LM on the Python standard library's own .py files (built in, no download)",
+    "text": "character LM on your own UTF-8 text file (data.path)",
+    "copy": "synthetic: random symbols, a separator, then the same symbols again (loss on the copy)",
+    "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
+}
+# keys that act only after step 0 (the schedule, the optimizer...): a measurement taken at
+# initialisation is the same for every value of them, so it is never split by them
+AFTER_INIT = {"train.steps", "train.lr", "train.warmup_steps", "train.schedule", "train.min_lr_ratio",
+              "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip", "train.eval_every",
+              "train.eval_tokens", "train.measure_every", "train.spike_factor", "train.spike_window",
+              "train.divergence_margin"}

@@ -1,0 +1,41 @@
+"""``normbench list`` and ``keys``: the names and the recipe keys, without importing torch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+from rich.table import Table
+
+from ..errors import NormbenchError
+from .app import PluginOpt, app, fail, load_plugins, out_console
+
+
+@app.command("list")
+def list_(plugin: Optional[List[Path]] = PluginOpt):
+    """List the norms (with those of --plugin files), placements and tasks."""
+    from ..catalog import NORMS, PLACEMENTS, TASKS
+    from ..registry import registered
+
+    try:
+        load_plugins(plugin)
+    except NormbenchError as e:
+        fail(e)
+    norms = {**NORMS, **{name: r.description for name, r in registered().items()}}
+    for title, items in (("norms (model.norm)", norms), ("placements (model.placement)", PLACEMENTS),
+                         ("tasks (data.task)", TASKS)):
+        out_console.print(title, style="bold")
+        for name, text in items.items():
+            out_console.print(f"  {name:<18} {text}", markup=False)
+
+
+@app.command()
+def keys():
+    """List every recipe key with its default and meaning."""
+    from ..config import all_keys
+
+    table = Table(title="recipe keys (under base:, or dotted in sweep and --set)", title_justify="left")
+    for c in ("key", "default", "type", "meaning"):
+        table.add_column(c, overflow="fold")
+    for key, default, tp, text in all_keys():
+        table.add_row(key, "null" if default is None else str(default), tp, text)
+    out_console.print(table)
