@@ -104,3 +104,21 @@ def test_the_core_imports_no_subpackage():
     bad = [(m, t) for m in core for t, _ in imports(m, mods[m], mods)
            if t.split(".")[1] in ("sweep", "analysis", "render", "cli")]
     assert bad == []
+
+
+LAYERS = {"sweep": 1, "analysis": 2, "render": 3, "cli": 4}  # the flat core is 0
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def test_dependencies_point_one_way():
+    """core <- sweep <- analysis <- render <- cli: a module imports only its own layer or lower ones
+    (the package's lazy API, docgen and __main__ read the CLI: they stand outside)."""
+    mods = modules()
+    outside = ("normbench", "normbench.docgen", "normbench.__main__")
+    bad = [(m, t) for m, p in mods.items() if m not in outside for t, _ in imports(m, p, mods)
+           if layer(t) > layer(m)]
+    assert bad == []
