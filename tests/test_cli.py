@@ -138,7 +138,8 @@ def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
 
 
 def test_help_list_and_keys_never_import_torch():
-    """They must answer at once (README: under 0.5 s); importing torch alone takes over a second."""
+    """They must answer at once (docs/performance.md: under 0.5 s); importing torch alone takes over
+    a second."""
     import subprocess
     import sys
 

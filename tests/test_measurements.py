@@ -113,3 +113,28 @@ def test_the_index_leaves_out_exactly_the_listed_keys(bn_run, tmp_path):
     assert {k for k in summary if k not in measures.INDEX_SKIP and k not in ("run_id", "device")} <= set(row)
     kept = store.read_run(d, keep=("val_losses",))
     assert kept["val_losses"] == summary["val_losses"]
+
+
+def test_residual_rms_per_layer_is_measured_and_summarised(tmp_path):
+    import torch
+
+    from normbench.model import Transformer, residual_rms
+
+    torch.manual_seed(0)
+    m = Transformer(from_dict({"model": {"layers": 3, "d_model": 32, "heads": 2, "d_ff": 64}}).model, 40, 16)
+    m.measure_attention(True)
+    outs = []
+    for b in m.blocks:
+        b.register_forward_hook(lambda mod, args, out: outs.append(out))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 9:] = False
+    m(torch.randint(1, 40, (2, 16)), mask)
+    want = [o[mask].pow(2).mean().sqrt() for o in outs]
+    assert torch.allclose(m.resid_rms_by_layer(), torch.stack(want))
+    assert residual_rms(outs[0], None) == pytest.approx(outs[0].pow(2).mean().sqrt().item())
+    s = train(from_dict(tiny(model={"layers": 3}, train={"steps": 12, "measure_every": 5})), tmp_path)
+    assert len(s["resid_rms_by_layer"]) == len(s["resid_rms_by_layer_init"]) == 3
+    assert s["resid_rms_last"] == s["resid_rms_by_layer"][-1]
+    assert s["resid_rms_growth"] == pytest.approx(s["resid_rms_by_layer"][-1] / s["resid_rms_by_layer_init"][-1])
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "resid_rms" in r] == [1, 6, 11]

@@ -1,4 +1,5 @@
-"""Every norm in every placement; our norms against hand formulas; DeepNorm's constants; BatchNorm and padding."""
+"""Every norm in every placement; our norms against hand formulas (Derf and PowerNorm too, with
+PowerNorm's official backward); BatchNorm and padding. Which slots a placement fills: test_placements.py."""
 import math
 
 import pytest
@@ -6,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from normbench.catalog import NORMS as NORM_DOCS, PLACEMENTS
-from normbench.config import ModelConfig
-from normbench.model import SLOTS, Transformer, deepnorm_constants
-from normbench.norms import NORMS, make_norm
+from conftest import tiny
+from normbench.config import ModelConfig, from_dict
+from normbench.model import SLOTS, Transformer
+from normbench.norms import NORMS, Derf, PowerNorm, make_norm
 
 
 def test_registry_matches_documented_names():
@@ -87,43 +89,6 @@ def test_scalenorm_and_dyt_match_their_formulas():
     torch.testing.assert_close(dyt(x), dyt.weight * torch.tanh(0.5 * x) + dyt.bias)
 
 
-@pytest.mark.parametrize("layers", [1, 6, 12, 100])
-def test_deepnorm_constants_and_init(layers):
-    alpha, beta = deepnorm_constants(layers)
-    assert alpha == pytest.approx((2 * layers) ** 0.25)
-    assert beta == pytest.approx((8 * layers) ** -0.25)
-    if layers > 12:
-        return
-    d = 64
-    cfg = dict(layers=layers, d_model=d, heads=4, d_ff=4 * d)
-    torch.manual_seed(0)
-    deep = Transformer(ModelConfig(**cfg, placement="deepnorm"), 10, 8)
-    torch.manual_seed(0)
-    post = Transformer(ModelConfig(**cfg, placement="post"), 10, 8)
-    for bd, bp in zip(deep.blocks, post.blocks):
-        assert bd.alpha == pytest.approx(alpha) and bp.alpha == 1.0
-        # same seed, same draws: DeepNet scales the value, output and FFN weights by beta, not q and k
-        wd, wp = bd.attn.qkv.weight.view(3, d, d), bp.attn.qkv.weight.view(3, d, d)
-        torch.testing.assert_close(wd[:2], wp[:2])
-        torch.testing.assert_close(wd[2], wp[2] * beta)
-        for a, b in ((bd.attn.proj, bp.attn.proj), (bd.mlp.fc1, bp.mlp.fc1), (bd.mlp.fc2, bp.mlp.fc2)):
-            torch.testing.assert_close(a.weight, b.weight * beta)
-
-
-def test_placement_slots():
-    """pre, lns, subln: norm before the branch; post/deepnorm: after the add; sandwich: before and after the
-    branch; outnorm: after the branch only. A final norm wherever the last block leaves the stream unnormalised."""
-    from normbench.norms import Identity
-
-    for placement, (before, after_branch, after_add) in SLOTS.items():
-        m = Transformer(ModelConfig(layers=1, d_model=8, heads=2, d_ff=16, placement=placement), 5, 4)
-        slots = [not isinstance(n, Identity) for n in m.blocks[0].attn_norms]
-        assert [not isinstance(getattr(n, "norm", n), Identity) for n in m.blocks[0].attn_norms] == \
-            [before, after_branch, after_add]
-        assert (not isinstance(m.final_norm, Identity)) == (not after_add)
-        del slots
-
-
 def padded_batch():
     """The same 2 real sequences, once with 3 padding positions, once with 6 (different pad values)."""
     torch.manual_seed(0)
@@ -152,13 +117,25 @@ def test_padding_changes_batchnorm_on_real_tokens_but_not_masked_batchnorm():
     torch.testing.assert_close(mbn.running_var, ref.running_var)
 
 
-def test_batchnorm_eval_uses_running_statistics():
-    bn = make_norm("batchnorm", 4)
-    x = torch.randn(3, 6, 4) * 5 + 2
-    bn(x)
+def test_batchnorm_by_hand_in_training_and_in_eval():
+    """normbench's batchnorm on (B, T, d): per-channel statistics over all B*T positions (not per
+    time step, not per token), running statistics (momentum 0.1, unbiased variance) for eval."""
+    torch.manual_seed(0)
+    bn = make_norm("batchnorm", 4, eps=1e-5)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    x = torch.randn(3, 6, 4) * 5 + 2  # (B, T, d)
+    flat = x.reshape(18, 4)  # (B*T, d)
+    mu, var = flat.mean(0), flat.var(0, unbiased=False)
+    torch.testing.assert_close(bn(x), (x - mu) / torch.sqrt(var + 1e-5) * bn.weight + bn.bias)
+    run_mu, run_var = 0.9 * 0 + 0.1 * mu, 0.9 * 1 + 0.1 * flat.var(0, unbiased=True)  # from 0 and 1
+    torch.testing.assert_close(bn.running_mean, run_mu)
+    torch.testing.assert_close(bn.running_var, run_var)
     bn.eval()
-    expected = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
-    torch.testing.assert_close(bn(x), expected)
+    y = torch.randn(2, 5, 4)  # another batch: eval normalises it with the running statistics alone
+    torch.testing.assert_close(bn(y), (y - run_mu) / torch.sqrt(run_var + 1e-5) * bn.weight + bn.bias)
+    torch.testing.assert_close(bn.running_mean, run_mu)  # and leaves them alone
 
 
 def test_qk_norm_bounds_attention_logits():
@@ -194,3 +171,80 @@ def test_max_attention_logit_takes_negative_logits_and_ignores_masked_pairs():
     # a padding mask (B, 1, T, T) that also hides key 1 leaves only zeros
     allowed = torch.ones(4, 4, dtype=torch.bool).tril()[None, None] & torch.tensor([True, False, True, True])
     assert max_attention_logit(q, k, allowed).item() == 0.0
+
+
+def test_derf_is_its_formula():
+    n = Derf(8)
+    with torch.no_grad():
+        n.weight.uniform_(0.5, 2)
+        n.bias.uniform_(-1, 1)
+        n.shift.fill_(0.3)
+    x = torch.randn(3, 5, 8)
+    assert n.alpha.item() == 0.5
+    assert torch.allclose(n(x), n.weight * torch.erf(0.5 * x + 0.3) + n.bias)
+
+
+def group_scaled(x, groups, eps=1e-5):
+    """PowerNorm's GroupScaling1D by hand: each channel group divided by its own quadratic mean."""
+    out = torch.empty_like(x)
+    w = x.shape[-1] // groups
+    for g in range(groups):
+        part = x[..., g * w:(g + 1) * w]
+        out[..., g * w:(g + 1) * w] = part / torch.sqrt((part ** 2).mean(-1, keepdim=True) + eps)
+    return out
+
+
+def test_powernorm_forward_and_running_statistics_by_hand():
+    torch.manual_seed(0)
+    n = PowerNorm(6, eps=1e-5, heads=2, warmup=2)
+    x = torch.randn(2, 4, 6) * 3
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    xs = group_scaled(x, 2)
+    var = (xs[mask] ** 2).mean(0)  # the quadratic mean of real tokens, not centred
+    assert torch.allclose(n(x, mask), xs / torch.sqrt(var + 1e-5), atol=1e-5)  # step 1 <= warmup: batch
+    # running: step 1 < warmup: cumulative mean (var), then the EMA 0.9 phi + 0.1 var, as the code does
+    assert torch.allclose(n.running_phi, 0.9 * var + 0.1 * var, atol=1e-6)
+    x[1, 2:] = 1e3  # padding: its content changes nothing
+    assert torch.allclose(n.running_phi, 0.9 * var + 0.1 * var, atol=1e-6)
+    n(x, mask)  # step 2 <= warmup: batch statistics again; step 2 is not < warmup: only the EMA
+    assert torch.allclose(n.running_phi, 0.9 * var + 0.1 * var, atol=1e-6)
+    phi = n.running_phi.clone()
+    y = n(x, mask)  # step 3 > warmup: the running statistic, so a token no longer depends on the batch
+    assert torch.allclose(y[mask], (xs / torch.sqrt(phi + 1e-5))[mask], atol=1e-5)
+    n.eval()
+    assert torch.allclose(n(x, mask)[mask], (xs / torch.sqrt(n.running_phi + 1e-5))[mask], atol=1e-5)
+
+
+def test_powernorm_backward_is_the_official_approximation_by_hand():
+    torch.manual_seed(1)
+    n = PowerNorm(4, eps=1e-5, heads=1, warmup=100)
+    with torch.no_grad():
+        n.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    gout = torch.randn(2, 3, 4)
+    ema = torch.zeros(4)
+    for _ in range(2):  # twice: the second backward uses the ema of the first
+        x.grad = None
+        n(x).backward(gout)
+        xs = group_scaled(x.detach(), 1).reshape(-1, 4)
+        var = (xs ** 2).mean(0)
+        z = xs / torch.sqrt(var + 1e-5)
+        g = gout.reshape(-1, 4) * n.weight.detach()
+        g_hat = g - 0.1 * ema * z  # (1 - alpha_bkw) = 0.1
+        ema = ema + (g_hat * z).mean(0)
+        dxs = g_hat / torch.sqrt(var + 1e-5)
+        # through the group scaling (exact autograd): the vector-Jacobian product of xs(x) with dxs
+        xg = x.detach().clone().requires_grad_(True)
+        (group_scaled(xg, 1).reshape(-1, 4) * dxs).sum().backward()
+        assert torch.allclose(x.grad, xg.grad, atol=1e-5)
+        assert torch.allclose(n.ema_gz, ema, atol=1e-6)
+        assert torch.allclose(n.weight.grad, (gout.reshape(-1, 4) * z).sum(0), atol=1e-5)
+        n.weight.grad = n.bias.grad = None
+
+
+def test_powernorm_trains_and_is_causal_after_its_warmup(tmp_path):
+    from normbench.trainer import train
+
+    s = train(from_dict(tiny(model={"norm": "powernorm"}, train={"steps": 12, "warmup_steps": 4})), tmp_path)
+    assert not s["diverged"] and s["final_val_loss"] < s["initial_loss"] - 0.5  # it learns
+    assert s["train_causal_leak"] < 1e-6  # taken after training: past the warmup, running statistics only

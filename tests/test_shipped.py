@@ -1,4 +1,5 @@
-"""Every shipped recipe validates and runs (shortened); the README documents every key and option."""
+"""Every shipped recipe validates and runs (shortened), and its claims are checked. That docs/ documents
+every key and option is test_docs.py's."""
 import dataclasses
 from pathlib import Path
 
