@@ -255,6 +255,8 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
         "rounds": rounds,
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
+    out["probe_ms"] = probe_costs(cfg, task, device)
+    out["probe_share"] = {k: v / period / main["step_ms"] for k, v in out["probe_ms"].items()}
     out["causal_probe_ms"] = causal_probe_ms(cfg, task, device)
     out["causal_probe_share"] = out["causal_probe_ms"] / (run_steps * main["step_ms"])
     out["run_steps"] = run_steps
@@ -278,6 +280,57 @@ def causal_probe_ms(cfg: RunConfig, task, device: torch.device, repeats: int = 5
         causal_leak(model, x, mask, task.vocab_size, autocast)  # reads its result back: synchronised
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+PARTS = {"attention": "per-head attention statistics (logits, entropy, sinks)",
+         "residual": "per-block residual statistics (RMS, kurtosis, massive activations, token similarity)",
+         "norms": "norm statistics (BatchNorm fluctuation, DyT/Derf saturation)"}
+
+
+def probe_costs(cfg: RunConfig, task, device: torch.device, repeats: int = 7) -> dict[str, float]:
+    """Each measurement priced on its own, in ms per measure step: what the model's recording in a
+    training forward adds (per part, shared by the probes that read it: ``PARTS``), and what each
+    probe's ``take`` costs with its value read back. Median of ``repeats`` against the same forward
+    unmeasured."""
+    from .evalset import validation_set
+    from .probes import Run, Step, make_probes
+
+    torch.manual_seed(cfg.seed)
+    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len).to(device).train()
+    x, y, mask = task.batch("train", cfg.train.batch_size, task.generator(cfg.seed))
+    autocast = autocast_for(device, cfg.train.precision)
+    evalset = validation_set(task, cfg.train.eval_tokens)
+    run = Run(cfg, model, task, evalset, autocast, [])
+    probes = make_probes(run).get("measure", [])
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    def forward(parts=()):
+        model.measure_attention(bool(parts), parts)
+        with torch.no_grad(), autocast():
+            return model(x, mask)
+
+    base = timed(forward)
+    out = {PARTS[p]: max(0.0, timed(lambda: forward((p,))) - base) for p in PARTS}
+    logits = forward(tuple(PARTS))
+    for probe in probes:  # on the recorded forward, as on a measure step; read back as at a sync
+        def once(probe=probe):
+            values = probe.take(Step(1, logits, y))
+            if values:
+                probe.row(values)
+
+        out[probe.name] = timed(once)
+        logits = forward(tuple(PARTS))  # the model update's probe switches recording off
+    model.measure_attention(False)
+    return out
 
 
 def _device_name(device: torch.device) -> str:

@@ -62,6 +62,7 @@ class Series:
     ylabel: str = ""
     log: bool = False  # a log y axis (geometric means)
     smoothed: bool = False  # a running mean (every-step series)
+    extra: bool = False  # drawn only where a claim of the recipe uses its measurement (the diagnostics)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def log_slope(profile: list) -> float | None:
     mx = sum(x for x, _ in pts) / len(pts)
     my = sum(y for _, y in pts) / len(pts)
     return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def _last(profile) -> float | None:
+    return profile[-1] if profile else None
 
 
 def _init_ratio(r) -> float | None:
@@ -159,6 +164,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("attention logits", "measure", "max of |q·k|/√d_head over heads, layers and allowed pairs", (
         Metric("max_attn_logit", "the largest attention logit over training", "max logit", on_diverged=True,
                column="always", scale="log"),
+        Metric("attn_logit_by_head", "per block, per head, the largest logit over training: what QK-Clip acts on",
+               listed=True),
     ), (Series("attn_logit_max", "the largest attention logit of the step",
                "largest attention logit q·k/√d_h (seed geometric mean; thin: max over seeds)",
                "max |logit| over heads and layers", log=True),), probe=True),
@@ -190,6 +197,49 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                on_diverged=True, scale="log"),
     ), (Series("bn_mean_dev", "the batch-vs-running distance of the mean"),
         Series("bn_var_dev", "the batch-vs-running distance of the variance")), probe=True),
+    Measurement("activation kurtosis", "measure", "He et al. 2024's outlier features: for the residual stream "
+                "after each block, Kurt = mean_j s_j⁴ / (mean_j s_j²)² of the per-channel RMS s_j over real tokens "
+                "(1 when every channel has the same scale)", (
+        Metric("max_act_kurtosis", "the largest kurtosis over blocks and training", "max kurtosis", on_diverged=True,
+               scale="log"),
+        Metric("act_kurtosis_by_layer", "per block, at the last measure step", listed=True),
+    ), (Series("act_kurtosis_max", "the largest kurtosis over the blocks", "activation kurtosis (largest over "
+               "blocks)", "mean s⁴ / (mean s²)²", log=True, extra=True),), probe=True),
+    Measurement("massive activations", "measure", "Sun et al. 2024: per block, max |h| / median |h| of the "
+                "residual stream, on the first 4 sequences of the batch", (
+        Metric("massive_act_ratio", "the largest ratio over blocks and training", "massive act. ratio",
+               on_diverged=True, scale="log"),
+        Metric("massive_act_by_layer", "per block, at the last measure step", listed=True),
+    ), (Series("massive_act_max", "the largest ratio over the blocks", "massive activations (largest max|h| / "
+               "median|h| over blocks)", "ratio", log=True, extra=True),), probe=True),
+    Measurement("attention entropy", "measure", "Zhai et al. 2023's entropy collapse: per head, the entropy "
+                "(nats) of the attention weights over the allowed keys, averaged over real queries", (
+        Metric("min_attn_entropy", "the smallest over heads, blocks and training", "min attn entropy",
+               lower_better=False, on_diverged=True),
+        Metric("attn_entropy_by_layer", "per block, the smallest over its heads, at the last measure step",
+               listed=True),
+    ), (Series("attn_entropy_min", "the smallest over heads and blocks", "smallest attention entropy over "
+               "heads and blocks", "nats", extra=True),), probe=True),
+    Measurement("attention sinks", "measure", "Gu et al. 2025: the share of (block, head) pairs whose attention "
+                "weight on the first position, averaged over real queries, exceeds 0.3", (
+        Metric("attn_sink_share", "at the last measure step", "sink share"),
+    ), (Series("attn_sink_share", "the sink share", "attention sinks (share of heads with mean weight > 0.3 on "
+               "position 0)", "share of heads", extra=True),), probe=True),
+    Measurement("rank collapse", "measure", "Noci et al. 2022: per block, the mean cosine similarity of the "
+                "tokens of a sequence over pairs of distinct real tokens, on the first 4 sequences", (
+        Metric("token_cos_sim_by_layer_init", "per block, at the first measure step (initialisation)", listed=True),
+        Metric("token_cos_sim_by_layer", "per block, at the last measure step", listed=True),
+        Metric("token_cos_sim_last", "the last block's, at the last measure step", "token similarity"),
+        Metric("token_cos_sim_init_last", "the last block's at initialisation (the first measure step)",
+               derive=lambda r: _last(r.get("token_cos_sim_by_layer_init")), at_init=True),
+    ), (Series("token_cos_sim_last", "the last block's token similarity", "token similarity, last block",
+               "mean cosine", extra=True),), probe=True),
+    Measurement("saturation", "measure", "DyT and Derf: the share of their inputs' elements in the flat region "
+                "of tanh or erf, where the slope is below a tenth of its slope at 0 (|αx| > 1.818 for tanh, "
+                "|αx + s| > 1.517 for erf), averaged over the norms; null for other norms", (
+        Metric("saturation_share", "at the last measure step", "saturation"),
+    ), (Series("saturation", "the saturation share", "saturation of DyT/Derf (share in the flat region)",
+               "share", extra=True),), probe=True),
     Measurement("model update", "measure", "Wang et al. 2022's ‖F(x, θ_t) − F(x, θ_0)‖: the RMS change of the "
                 "logits, eval mode, on the first 8 validation sequences", (
         Metric("max_model_update", "the largest model update over training", "max update", on_diverged=True,
@@ -240,11 +290,17 @@ METRICS: dict[str, Metric] = {m.key: m for meas in MEASUREMENTS for m in meas.me
 SUMMARY_KEYS = [k for k, m in METRICS.items() if (m.derive is None and not m.across_lrs) or k == "diverged"]
 COMPARED = {k: m for k, m in METRICS.items() if m.compared}  # compare's metrics, in this order
 SERIES: dict[str, Series] = {s.column: s for meas in MEASUREMENTS for s in meas.series}
-PANELS = [s for s in SERIES.values() if s.panel]  # the training-curve panels, in this order
+PANELS = [s for s in SERIES.values() if s.panel and not s.extra]  # the training-curve panels, in this order
+# the diagnostics' panels, drawn where a claim uses their measurement: metric key -> its panels
+EXTRA_PANELS = {m.key: [s for s in meas.series if s.extra] for meas in MEASUREMENTS for m in meas.metrics
+                if any(s.extra for s in meas.series)}
 # claims: every compared metric but speed, then the derived ones (a rate, a ratio, a slope...)
 CLAIM_METRICS = [k for k, m in COMPARED.items() if not m.speed] + \
     [k for k, m in METRICS.items() if m.derive is not None or m.across_lrs]
 INDEX_SKIP = {k for k, m in METRICS.items() if m.listed}
+# the per-block and per-step lists of the measurements (not the run's provenance): compare reads them
+# with each run (the figures draw them, the claims' derived metrics use them)
+PROFILES = tuple(m.key for meas in MEASUREMENTS if meas.when != "run" for m in meas.metrics if m.listed)
 ON_DIVERGED = tuple(k for k, m in COMPARED.items() if m.on_diverged)  # over every run, diverged ones included
 SPEED = tuple(k for k, m in COMPARED.items() if m.speed)
 # the losses of a finished run (not initial_loss, which every run has): LR sensitivity's choices

@@ -70,8 +70,8 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = qk(), qk()
         self.inner = inner  # SubLN: a norm before the output projection
         self.dropout = cfg.dropout
-        self.measure = False  # when set, the next forward records its largest |q.k|/sqrt(d_head)
-        self.logit_max: torch.Tensor | None = None
+        self.measure = False  # when set, the next forward records its per-head statistics (attention_stats)
+        self.stats: torch.Tensor | None = None  # (H, 3): largest |logit|, entropy, weight on position 0
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, mask: torch.Tensor | None = None):
         B, T, C = x.shape
@@ -82,22 +82,65 @@ class Attention(nn.Module):
         if not self.full_qk:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.measure:
-            self.logit_max = max_attention_logit(q, k, attn_mask)
+            self.stats = attention_stats(q, k, attn_mask, mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, dh)
         return self.proj(self.inner(y.transpose(1, 2).reshape(B, T, C), mask))
 
 
+DIAG_SEQS = 4  # sequences the costlier diagnostics use (massive activations, token similarity)
+
+
 @torch.no_grad()
-def max_attention_logit(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-    """Largest |q.k|/sqrt(d_head) over the (query, key) pairs attention may use; a 0-dim tensor."""
-    T = q.shape[-2]
+def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """Per head (H, 3): the largest |q.k|/sqrt(d_head) over the (query, key) pairs attention may use;
+    the entropy of the attention weights over the allowed keys, averaged over real queries (Zhai et
+    al. 2023's entropy collapse, in nats); the weight on the first position, averaged over real
+    queries (Gu et al. 2025's attention sink). The last two on the first DIAG_SEQS sequences."""
+    B, H, T, dh = q.shape
+    scale = dh ** -0.5
     s = q.float() @ k.float().transpose(-2, -1)  # (B, H, T, T), unscaled
     allowed = attn_mask if attn_mask is not None else torch.ones(T, T, dtype=torch.bool, device=q.device).tril_()
-    # two passes over the scores (mask, then min and max together) rather than five: |s| peaks at
-    # max(hi, -lo), and masked pairs set to 0 cannot win; 2.9x faster on the default model's shapes
-    lo, hi = torch.aminmax(s.masked_fill_(~allowed, 0.0))
-    return torch.maximum(hi, -lo) * q.shape[-1] ** -0.5
+    # entropy and sinks on the first DIAG_SEQS sequences: a softmax over every score would double the cost
+    b = min(B, DIAG_SEQS)
+    sub = s[:b] * scale
+    p = torch.softmax(sub.masked_fill_(~(allowed if allowed.dim() == 2 else allowed[:b]), -math.inf), dim=-1)
+    w = (torch.ones(b, T, device=q.device) if mask is None else mask[:b].float())[:, None, :]  # real queries
+    entropy = (torch.special.entr(p).sum(-1) * w).sum((0, 2)) / w.sum((0, 2))  # (H,)
+    sink = (p[..., 0] * w).sum((0, 2)) / w.sum((0, 2))  # (H,)
+    # |s| peaks at max(hi, -lo), and masked pairs set to 0 cannot win: no abs() pass over the scores
+    s = s.masked_fill_(~allowed, 0.0)
+    logit = torch.maximum(s.amax(dim=(0, 2, 3)), -s.amin(dim=(0, 2, 3))) * scale  # (H,)
+    return torch.stack([logit, entropy, sink], dim=1)
+
+
+@torch.no_grad()
+def token_cos_sim(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Noci et al. 2022's rank collapse: the mean cosine similarity of the token representations of
+    a sequence, over the pairs of distinct real tokens, averaged over the sequences; x (b, T, d)."""
+    b, T, _ = x.shape
+    xn = F.normalize(x.float(), dim=-1)
+    g = xn @ xn.transpose(-2, -1)  # (b, T, T)
+    real = torch.ones(b, T, dtype=torch.bool, device=x.device) if mask is None else mask
+    pairs = real[:, :, None] & real[:, None, :] & ~torch.eye(T, dtype=torch.bool, device=x.device)
+    return g[pairs].mean()
+
+
+@torch.no_grad()
+def residual_stats(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The residual stream after a block, (4,): its RMS over real tokens and channels; He et al.
+    2024's activation kurtosis, mean_j s_j^4 / (mean_j s_j^2)^2 of the per-channel RMS s_j over real
+    tokens; Sun et al. 2024's massive-activation ratio max |h| / median |h|; and the mean cosine
+    similarity of its tokens. The last two on the first DIAG_SEQS sequences (a median and a T x T
+    product per sequence cost more than the rest together)."""
+    rms = residual_rms(x, mask)
+    real = x.float() if mask is None else x[mask].float()
+    s2 = real.reshape(-1, x.shape[-1]).pow(2).mean(0)  # (d,) per-channel mean square = s_j^2
+    kurtosis = s2.pow(2).mean() / s2.mean().pow(2)
+    sub, m = x[:DIAG_SEQS], None if mask is None else mask[:DIAG_SEQS]
+    a = (sub.reshape(-1, x.shape[-1]) if m is None else sub[m]).float().abs()
+    return torch.stack([rms, kurtosis, a.max() / a.median(), token_cos_sim(sub, m)])
 
 
 @torch.no_grad()
@@ -189,8 +232,8 @@ class Transformer(nn.Module):
         self.embed_norm = norm(dyt_alphas(cfg)[0]) if cfg.embed_norm else Identity()  # BLOOM
         self.blocks = nn.ModuleList([Block(cfg, i, norm_warmup) for i in range(cfg.layers)])
         self.final_norm = norm(dyt_alphas(cfg)[1]) if has_final_norm(cfg) else Identity()
-        self.measure_resid = False  # when set, the next forward records the residual stream's RMS per block
-        self.resid_rms: list[torch.Tensor] = []
+        self.measure_resid = False  # when set, the next forward records the residual stream per block
+        self.resid_stats: list[torch.Tensor] = []  # per block, (4,): residual_stats
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.register_buffer("causal", torch.ones(seq_len, seq_len, dtype=torch.bool).tril_(), persistent=False)
         self._init_weights()
@@ -233,11 +276,11 @@ class Transformer(nn.Module):
         B, T = idx.shape
         attn_mask = None if mask is None else self.causal[:T, :T] & mask[:, None, None, :]  # (B, 1, T, T)
         x = self.embed_norm(self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T]), mask)  # (B, T, d)
-        self.resid_rms = []
+        self.resid_stats = []
         for block in self.blocks:
             x = block(x, mask, attn_mask)
             if self.measure_resid:
-                self.resid_rms.append(residual_rms(x, mask))
+                self.resid_stats.append(residual_stats(x, mask))
         return self.head(self.final_norm(x, mask))  # (B, T, vocab)
 
     # --- hooks for the stability measurements ---
@@ -245,15 +288,34 @@ class Transformer(nn.Module):
         """Per layer, the feed-forward weight matrices (Xiong et al. 2020's per-layer gradient profile)."""
         return [[b.mlp.fc1.weight, b.mlp.fc2.weight] for b in self.blocks]
 
-    def measure_attention(self, on: bool) -> None:
-        """Record, in the next forwards, the largest attention logit and the residual RMS per block."""
-        self.measure_resid = on
+    def measure_attention(self, on: bool, parts: tuple = ("attention", "residual", "norms")) -> None:
+        """Record, in the next training forwards, the statistics of ``parts``: attention (per head),
+        the residual stream (per block), the norms (batch statistics, saturation)."""
+        self.measure_resid = on and "residual" in parts
         for b in self.blocks:
-            b.attn.measure = on
+            b.attn.measure = on and "attention" in parts
         for m in self.batch_stat_norms():
-            m.measure_stats = on
+            m.measure_stats = on and "norms" in parts
             if on:
                 m.stat_dev = None
+        for m in self.saturating_norms():
+            m.measure_sat = on and "norms" in parts
+            if on:
+                m.sat = None
+
+    def saturating_norms(self) -> list[nn.Module]:
+        """The element-wise norms (DyT, Derf), found once."""
+        if getattr(self, "_sat_norms", None) is None:
+            from .norms import Saturating
+
+            self._sat_norms = [m for m in self.modules() if isinstance(m, Saturating)]
+        return self._sat_norms
+
+    def saturation(self) -> torch.Tensor | None:
+        """The share of the element-wise norms' inputs in their flat region, averaged over the norms,
+        from the last measured training forward; None without such norms."""
+        sats = [m.sat for m in self.saturating_norms() if m.sat is not None]
+        return torch.stack(sats).mean() if sats else None
 
     def batch_stat_norms(self) -> list[nn.Module]:
         """The norms with running statistics, found once (this is asked every training step)."""
@@ -271,10 +333,18 @@ class Transformer(nn.Module):
 
     def resid_rms_by_layer(self) -> torch.Tensor:
         """(layers,) the residual stream's RMS after each block, from the last measured forward."""
-        return torch.stack(self.resid_rms)
+        return self.resid_stats_by_layer()[:, 0]
+
+    def resid_stats_by_layer(self) -> torch.Tensor:
+        """(layers, 4) residual_stats after each block, from the last measured forward."""
+        return torch.stack(self.resid_stats)
+
+    def attention_stats(self) -> torch.Tensor:
+        """(layers, heads, 3) attention_stats of each block, from the last measured forward."""
+        return torch.stack([b.attn.stats for b in self.blocks])
 
     def attention_logit_max(self) -> torch.Tensor:
-        return torch.stack([b.attn.logit_max for b in self.blocks]).amax()
+        return self.attention_stats()[..., 0].amax()
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on matrices and embeddings, never on norms, biases or scalars."""

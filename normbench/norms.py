@@ -56,7 +56,27 @@ class ScaleNorm(nn.Module):
         return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
 
 
-class DyT(nn.Module):
+# the flat region of an element-wise norm: where its slope is below a tenth of its slope at 0
+TANH_FLAT = math.atanh(math.sqrt(0.9))  # 1 - tanh(z)^2 < 0.1 for |z| > 1.818
+ERF_FLAT = math.sqrt(math.log(10))  # exp(-z^2) < 0.1 for |z| > 1.517
+
+
+class Saturating:
+    """DyT and Derf: when ``measure_sat`` is set (on measure steps), the next training forward stores
+    ``sat``, the share of the (real) elements whose pre-activation z lies in the function's flat region
+    (|z| > ``flat``): the saturation that predicts whether DyT can stand in for a norm."""
+    measure_sat = False
+    sat: torch.Tensor | None = None
+    flat = TANH_FLAT
+
+    @torch.no_grad()
+    def record_sat(self, z: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if self.measure_sat and self.training:
+            z = z if mask is None else z[mask]
+            self.sat = (z.detach().abs() > self.flat).float().mean()
+
+
+class DyT(Saturating, nn.Module):
     """gamma * tanh(alpha * x) + beta with a scalar alpha (Zhu et al. 2025)."""
 
     def __init__(self, d: int, alpha: float = 1.0, bias: bool = True, **_):
@@ -66,7 +86,9 @@ class DyT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None
 
     def forward(self, x, mask=None):
-        y = self.weight * torch.tanh(self.alpha * x)
+        z = self.alpha * x
+        self.record_sat(z, mask)
+        y = self.weight * torch.tanh(z)
         return y if self.bias is None else y + self.bias
 
 
@@ -77,8 +99,9 @@ class DyTNoBias(DyT):
         super().__init__(d, alpha, bias=False)
 
 
-class Derf(nn.Module):
+class Derf(Saturating, nn.Module):
     """gamma * erf(alpha * x + s) + beta with scalars alpha (init 0.5) and s (init 0) (Chen et al. 2025)."""
+    flat = ERF_FLAT
 
     def __init__(self, d: int, **_):
         super().__init__()
@@ -88,7 +111,9 @@ class Derf(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
 
     def forward(self, x, mask=None):
-        return self.weight * torch.erf(self.alpha * x + self.shift) + self.bias
+        z = self.alpha * x + self.shift
+        self.record_sat(z, mask)
+        return self.weight * torch.erf(z) + self.bias
 
 
 class BatchStats:

@@ -63,6 +63,8 @@ def finite(values) -> list[float]:
 class Probe:
     name = ""  # the measures.py entry it implements
     logged = True  # its rows go to metrics.jsonl (else they serve the summary only)
+    hidden: tuple = ()  # row keys kept for the summary but not logged (per-block lists, per-head maxima)
+    parts: tuple = ()  # what the model records for it in a measured forward (model.measure_attention)
 
     def __init__(self, run: Run):
         self.run = run
@@ -85,18 +87,125 @@ class Probe:
 
 
 class AttentionLogits(Probe):
+    parts = ("attention",)
     name = "attention logits"
+    hidden = ("by_head",)
 
     def take(self, step):
-        return {"attn_logit_max": self.run.model.attention_logit_max()}
+        return {"attn_logit_max": self.run.model.attention_logit_max(),
+                "by_head": self.run.model.attention_stats()[..., 0]}
+
+    def row(self, values):
+        return {"attn_logit_max": float(values["attn_logit_max"]), "by_head": values["by_head"].tolist()}
 
     def summary(self, rows, run):
-        return {"max_attn_logit": max(finite(r["attn_logit_max"] for _, r in rows), default=None)}
+        heads = [r["by_head"] for _, r in rows]
+        by_head = [[log_value(max(finite(h[i][j] for h in heads), default=math.nan)) for j in range(len(heads[0][i]))]
+                   for i in range(len(heads[0]))] if heads else None
+        return {"max_attn_logit": max(finite(r["attn_logit_max"] for _, r in rows), default=None),
+                "attn_logit_by_head": by_head}
+
+
+class PerBlock(Probe):
+    """A statistic of the residual stream per block (``residual_stats``' column ``col``): its largest
+    over the blocks each measure step, its profile at the last (``by_layer``) and, with ``peak``, its
+    largest over blocks and training."""
+    parts = ("residual",)
+    col, series, by_layer, peak = 0, "", "", ""
+    hidden = ("profile",)
+
+    def take(self, step):
+        return {"profile": self.run.model.resid_stats_by_layer()[:, self.col]}
+
+    def row(self, values):
+        prof = [log_value(v) for v in values["profile"].tolist()]
+        return {self.series: max(finite(prof), default=None), "profile": prof}
+
+    def summary(self, rows, run):
+        return {self.by_layer: rows[-1][1]["profile"] if rows else None,
+                self.peak: max(finite(r[self.series] for _, r in rows if r[self.series] is not None), default=None)}
+
+
+class ActivationKurtosis(PerBlock):
+    name, col, series, by_layer, peak = ("activation kurtosis", 1, "act_kurtosis_max", "act_kurtosis_by_layer",
+                                         "max_act_kurtosis")
+
+
+class MassiveActivations(PerBlock):
+    name, col, series, by_layer, peak = ("massive activations", 2, "massive_act_max", "massive_act_by_layer",
+                                         "massive_act_ratio")
+
+
+class AttentionEntropy(Probe):
+    parts = ("attention",)
+    name = "attention entropy"
+    hidden = ("by_layer",)
+
+    def take(self, step):
+        return {"by_layer": self.run.model.attention_stats()[..., 1].amin(dim=1)}  # (layers,) min over heads
+
+    def row(self, values):
+        prof = [log_value(v) for v in values["by_layer"].tolist()]
+        return {"attn_entropy_min": min(finite(prof), default=None), "by_layer": prof}
+
+    def summary(self, rows, run):
+        return {"min_attn_entropy": min(finite(r["attn_entropy_min"] for _, r in rows
+                                               if r["attn_entropy_min"] is not None), default=None),
+                "attn_entropy_by_layer": rows[-1][1]["by_layer"] if rows else None}
+
+
+SINK_THRESHOLD = 0.3  # Gu et al. 2025's epsilon
+
+
+class AttentionSinks(Probe):
+    parts = ("attention",)
+    name = "attention sinks"
+
+    def take(self, step):
+        return {"attn_sink_share": (self.run.model.attention_stats()[..., 2] > SINK_THRESHOLD).float().mean()}
+
+    def summary(self, rows, run):
+        return {"attn_sink_share": finite_or_none(rows[-1][1]["attn_sink_share"]) if rows else None}
+
+
+class RankCollapse(Probe):
+    parts = ("residual",)
+    name = "rank collapse"
+    hidden = ("profile",)
+
+    def take(self, step):
+        return {"profile": self.run.model.resid_stats_by_layer()[:, 3]}
+
+    def row(self, values):
+        prof = [log_value(v) for v in values["profile"].tolist()]
+        return {"token_cos_sim_last": prof[-1], "profile": prof}
+
+    def summary(self, rows, run):
+        if not rows:
+            return {"token_cos_sim_by_layer_init": None, "token_cos_sim_by_layer": None, "token_cos_sim_last": None}
+        return {"token_cos_sim_by_layer_init": rows[0][1]["profile"], "token_cos_sim_by_layer": rows[-1][1]["profile"],
+                "token_cos_sim_last": rows[-1][1]["token_cos_sim_last"]}
+
+
+class Saturation(Probe):
+    parts = ("norms",)
+    name = "saturation"
+
+    def active(self):
+        return bool(self.run.model.saturating_norms())
+
+    def take(self, step):
+        sat = self.run.model.saturation()
+        return {} if sat is None else {"saturation": sat}
+
+    def summary(self, rows, run):
+        return {"saturation_share": finite_or_none(rows[-1][1]["saturation"]) if rows else None}
 
 
 class ResidualStream(Probe):
     """The residual stream's RMS after each block (the curse of depth): its profile at the first and
     the last measure step, and the last block's growth between them."""
+    parts = ("residual",)
     name = "residual stream"
 
     def take(self, step):
@@ -132,6 +241,7 @@ class LogPartition(Probe):
 class BatchNormFluctuation(Probe):
     """Shen et al. 2020's fluctuation: averaged over the measure steps of the second half of training
     (the running statistics start at 0 and 1, so the first steps measure their init)."""
+    parts = ("norms",)
     name = "BatchNorm fluctuation"
 
     def active(self):
@@ -306,9 +416,10 @@ class Causality(Probe):
 
 
 # the measures.py entry -> its code; the trainer takes them in measures.py's order
-PROBES: dict[str, type[Probe]] = {p.name: p for p in (AttentionLogits, ResidualStream, LogPartition,
-                                                      BatchNormFluctuation, ModelUpdate, InitGradient,
-                                                      BatchNormGap, Causality)}
+PROBES: dict[str, type[Probe]] = {p.name: p for p in (AttentionLogits, ActivationKurtosis, MassiveActivations,
+                                                      AttentionEntropy, AttentionSinks, RankCollapse, Saturation,
+                                                      ResidualStream, LogPartition, BatchNormFluctuation,
+                                                      ModelUpdate, InitGradient, BatchNormGap, Causality)}
 
 
 def make_probes(run: Run) -> dict[str, list[Probe]]:

@@ -54,7 +54,7 @@ class Trace:
             return {}
         host = probe.row(values)
         self.rows.setdefault(probe.name, []).append((step, host))
-        return host if probe.logged else {}
+        return {k: v for k, v in host.items() if k not in probe.hidden} if probe.logged else {}
 
     def record(self, r: StepRecord) -> dict:
         """Read one step back to the host; its metrics.jsonl row."""

@@ -86,6 +86,14 @@ def test_bench_json_is_consistent(tmp_path):
     # the once-per-run causality probe, priced against a run of the recipe's own length
     assert r["causal_probe_ms"] > 0 and r["run_steps"] == TrainConfig().steps  # SHAPE leaves steps alone
     assert r["causal_probe_share"] == pytest.approx(r["causal_probe_ms"] / (r["run_steps"] * r["step_ms"]))
+    # each measurement priced on its own, at its rate
+    from normbench.measures import MEASUREMENTS
+
+    # (a LayerNorm model: the BatchNorm and DyT probes do not apply; their recording is the "norm statistics")
+    measured = {m.name for m in MEASUREMENTS if m.probe and m.when == "measure"} - {"BatchNorm fluctuation", "saturation"}
+    assert measured <= set(r["probe_ms"]) and all(v >= 0 for v in r["probe_ms"].values())
+    assert r["probe_share"] == pytest.approx({k: v / r["measure_every"] / r["step_ms"]
+                                              for k, v in r["probe_ms"].items()})
 
 
 def test_bench_table_and_bad_input():
@@ -114,6 +122,9 @@ def test_measurements_do_not_change_training(tmp_path, norm):
     assert on["final_val_loss"] == off["final_val_loss"]
     assert all("grad_norm" in r for r in rows["on"] if "loss" in r)
     assert not any("grad_norm" in r or "attn_logit_max" in r for r in rows["off"])
+    diagnostics = ("act_kurtosis_max", "massive_act_max", "attn_entropy_min", "attn_sink_share",
+                   "token_cos_sim_last")  # the diagnostics of 2023-2026: on, and off
+    assert all(k in rows["on"][0] for k in diagnostics) and not any(k in r for r in rows["off"] for k in diagnostics)
     assert off["grad_norm_init_by_layer"] is None and off["max_attn_logit"] is None and on["max_attn_logit"] > 0
     if norm == "batchnorm_masked":
         assert on["bn_eval_gap"] is not None and off["bn_eval_gap"] is None

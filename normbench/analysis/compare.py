@@ -24,7 +24,7 @@ from ..config import config_keys
 from ..dotted import matches, resolve_key, suggest
 from ..errors import NormbenchError
 from ..numbers import none_if_missing
-from ..measures import COMPARED, LEAK_TOL, LOSSES, ON_DIVERGED, SPEED, default_columns
+from ..measures import COMPARED, LEAK_TOL, LOSSES, ON_DIVERGED, PROFILES, SPEED, default_columns
 from .stats import ALPHA, interval, welch
 
 # compare's metrics, their titles and directions, and which runs have them: measures.py
@@ -35,7 +35,7 @@ SPEED_NOTE = ("tok/s is each run's own throughput while the sweep's runs shared 
               "at a time), so it ranks nothing; compare speed with `normbench bench`, which times "
               "configurations side by side on an otherwise idle machine")
 # the per-run lists the figures draw, read with the index row (summary.json is parsed once)
-CURVE_KEYS = ("val_losses", "grad_norm_init_by_layer", "resid_rms_by_layer", "resid_rms_by_layer_init")
+CURVE_KEYS = PROFILES
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
 NOT_FACTORS = {"seed", "device"}

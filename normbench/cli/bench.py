@@ -83,8 +83,20 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
     out_console.print(table)
     if "measurement_overhead" in res:
         out_console.print(f"stability measurements cost {res['measurement_overhead']:+.1%} of step time", markup=False)
+    print_probe_costs(res)
     out_console.print(f"the causality probe, taken once per run, costs {res['causal_probe_ms']:.1f} ms: "
                       f"{res['causal_probe_share']:.2%} of a {res['run_steps']}-step run", markup=False)
     if "speedup_vs_reference" in res:
         out_console.print(f"normbench runs at {res['speedup_vs_reference']:.3f}x the reference's tokens/s",
                           markup=False)
+
+
+def print_probe_costs(res: dict) -> None:
+    """Each measurement on its own: ms per measure step, and its share of step time at its rate."""
+    table = Table(title=f"each measurement on its own (one measure step in {res['measure_every']})",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in ("measurement", "ms per measure step", "share of step time"):
+        table.add_column(c, justify="left" if c == "measurement" else "right")
+    for name, ms in res["probe_ms"].items():
+        table.add_row(name, f"{ms:.2f}", f"{res['probe_share'][name]:.2%}")
+    out_console.print(table)

@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 
 from ..catalog import AFTER_INIT
-from ..measures import PANELS
+from ..claims import CLAIMS_FILE
+from ..measures import EXTRA_PANELS, PANELS
 from ..analysis.compare import LR, Comparison, hashable, group_label, plain, short_names
 
 DPI = 120
@@ -155,6 +156,32 @@ def curve_panels(c: Comparison) -> list[str]:
     return [p.column for p in logged_panels(frame)]
 
 
+def claimed_panels(c: Comparison) -> list:
+    """The diagnostics' panels (measures.py's ``extra`` series) whose measurement a claim of the
+    comparison's recipe tests (its results folder's claims.yaml), where some run logged them."""
+    import yaml
+
+    from ..analysis.curves import runs_curves
+
+    path = Path(c.sources[0]) / CLAIMS_FILE if len(c.sources) == 1 else None
+    if path is None or not path.exists():
+        return []
+    metrics = [cl.get("metric") for cl in (yaml.safe_load(path.read_text()) or {}).get("claims") or []]
+    panels = list(dict.fromkeys(s for m in metrics for s in EXTRA_PANELS.get(m, [])))
+    frame = runs_curves(c.runs, [k for k in c.by if k in c.runs]) if panels else None
+    return [p for p in panels if p.column in frame and frame[p.column].notna().any()] if panels else []
+
+
+def diagnostics(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
+    """The diagnostics the recipe's claims test (``claimed_panels``), drawn as the training curves are;
+    None when its claims test none."""
+    panels = claimed_panels(c)
+    if not panels:
+        return None
+    return _save(curves_figure(c, palette, per_seed=getattr(palette, "per_seed", False), panels=panels,
+                               what="the diagnostics its claims test"), path)
+
+
 def curve_panel(c: Comparison, metric: str, path: str | Path, palette: Palette | None = None) -> Path:
     """One panel of the training curves on its own (with its legend beside it), for a slide."""
     return _save(curves_figure(c, palette, only=metric, per_seed=getattr(palette, "per_seed", False)), path)
@@ -165,7 +192,8 @@ def logged_panels(frame) -> list:
     return [p for p in PANELS if p.column in frame and frame[p.column].notna().any()]
 
 
-def curves_figure(c: Comparison, palette: Palette | None = None, only: str | None = None, per_seed: bool = False):
+def curves_figure(c: Comparison, palette: Palette | None = None, only: str | None = None, per_seed: bool = False,
+                  panels: list | None = None, what: str = "training curves"):
     """Panels: training loss (running mean), validation loss (seed mean, ±1 std band), global gradient
     norm (log scale: a geometric running mean, and thin the per-step maximum over seeds, so a one-step
     burst shows at its height), the largest attention logit and the model update (log scale), each
@@ -176,7 +204,8 @@ def curves_figure(c: Comparison, palette: Palette | None = None, only: str | Non
     plt = _pyplot()
     palette = palette or Palette(c)
     frame = runs_curves(c.runs, [k for k in c.by if k in c.runs])
-    panels = logged_panels(frame) or PANELS[:3]
+    if panels is None:
+        panels = logged_panels(frame) or PANELS[:3]
     if only is not None:
         panels = [p for p in PANELS if p.column == only]
     ncols = 2 if len(panels) <= 4 else 3
@@ -190,7 +219,7 @@ def curves_figure(c: Comparison, palette: Palette | None = None, only: str | Non
     _draw_diverged(frame, axes, panels, window, diverged)
     _decorate(fig, axes, panels, window)
     note = "\nx marks where a diverged run stopped (its loss clipped to the top of the axis)" if diverged else ""
-    what = "one panel" if only is not None else "training curves"
+    what = "one panel" if only is not None else what
     seeds = "; thin lines: each seed" if per_seed else ""
     fig.suptitle(f"{recipe_title(c)}: {what}{seeds}{note}", y=1.03)
     return fig

@@ -6,6 +6,7 @@ RESULTS/report.md is an index linking them)::
     RESULTS/report.md
     RESULTS/figures/curves.png           training loss, validation loss, gradient norm (and model update)
     RESULTS/figures/curves_<metric>.png  each of its panels alone (report --panels separate)
+    RESULTS/figures/diagnostics.png      the diagnostics the recipe's claims test (activation kurtosis, ...)
     RESULTS/figures/grad_norm_init.png   per-layer gradient norm at initialisation
     RESULTS/figures/lr_sensitivity.png   loss against learning rate (only when train.lr varies)
     RESULTS/figures/resid_rms.png        the residual stream's RMS per block, at the end and at step 1
@@ -89,8 +90,8 @@ def report_home(part: Comparison, out_dir: Path) -> Path:
 
 
 # figure name -> drawing function (each returns None when it has nothing to draw)
-DRAW = {"curves": plots.curves, "grad_norm_init": plots.grad_norm_init, "lr_sensitivity": plots.lr_sensitivity,
-        "resid_rms": plots.resid_rms}
+DRAW = {"curves": plots.curves, "diagnostics": plots.diagnostics, "grad_norm_init": plots.grad_norm_init,
+        "lr_sensitivity": plots.lr_sensitivity, "resid_rms": plots.resid_rms}
 
 
 def render_index(c: Comparison, written: list, out_dir: Path, command: str) -> str:
@@ -204,6 +205,11 @@ def render(c: Comparison, figs: dict[str, str], out_dir: Path, command: str) -> 
                  "(log scale; Wang et al. 2022)" if _has_updates(c) else "")
               + ". One colour per configuration in every figure; line styles tell training settings apart.", "",
               f"![training curves]({figs['curves']})", ""]
+    if "diagnostics" in figs:
+        lines += ["## Diagnostics", "",
+                  "The measurements of the recipe's claims beyond the training curves, drawn the same way (seed "
+                  "mean, band over seeds; every `train.measure_every` steps): docs/measurements.md gives each "
+                  "one's formula and source.", "", f"![diagnostics]({figs['diagnostics']})", ""]
     panels = sorted((out_dir / FIGURES).glob("curves_*.png"))
     if panels:  # --panels separate: each panel on its own, for slides
         lines += ["Each panel on its own: " + ", ".join(f"[{p.stem[len('curves_'):]}]({FIGURES}/{p.name})"
