@@ -13,11 +13,15 @@ from normbench.probes import PROBES, Run, make_probes
 from normbench.trainer import train
 
 
+BN_DYT = tiny(model={"norm": "batchnorm", "qk_norm": True, "qk_norm_type": "dyt"}, train={"measure_every": 3})
+
+
 @pytest.fixture(scope="module")
 def bn_run(tmp_path_factory):
-    """A BatchNorm run: every probe applies (the fluctuation and the train/eval gap too)."""
+    """A BatchNorm run with DyT as its qk-norm: every probe applies (the fluctuation, the train/eval gap
+    and the saturation too)."""
     d = tmp_path_factory.mktemp("bn")
-    return train(from_dict(tiny(model={"norm": "batchnorm"}, train={"measure_every": 3})), d, threads=1), d
+    return train(from_dict(BN_DYT), d, threads=1), d
 
 
 def test_every_entry_is_well_formed():
@@ -44,7 +48,7 @@ def test_each_probe_writes_exactly_its_declared_keys(bn_run):
     """A probe's summary, fed nothing and fed a real run's rows, has its entry's summary keys and no other."""
     import torch
 
-    cfg = from_dict(tiny(model={"norm": "batchnorm"}))
+    cfg = from_dict(BN_DYT)
     from normbench.data import make_task
     from normbench.evalset import validation_set
     from normbench.model import Transformer
@@ -72,7 +76,8 @@ def test_derived_sets_match_their_flags():
     assert set(measures.ON_DIVERGED) == {k for k, m in COMPARED.items() if m.on_diverged}
     assert "initial_loss" in measures.ON_DIVERGED and "final_val_loss" not in measures.ON_DIVERGED
     assert measures.LOSSES == ("final_train_loss", "final_val_loss", "best_val_loss", "final_val_loss_batch_stats")
-    assert set(measures.BINARY) == {"diverged", "stalled"} and measures.AT_INIT == ("grad_norm_init_last_over_first",)
+    assert set(measures.BINARY) == {"diverged", "stalled"}
+    assert set(measures.AT_INIT) == {"grad_norm_init_last_over_first", "token_cos_sim_init_last"}
     assert measures.INDEX_SKIP >= {"val_losses", "spike_steps", "resid_rms_by_layer", "corpus", "versions"}
     assert [p.column for p in measures.PANELS] == ["loss", "val_loss", "grad_norm", "attn_logit_max", "model_update"]
     assert "tokens_per_s" not in measures.CLAIM_METRICS and "lr_sensitivity" in measures.CLAIM_METRICS
@@ -106,7 +111,7 @@ def test_the_index_leaves_out_exactly_the_listed_keys(bn_run, tmp_path):
     summary, d = bn_run
     row = store.read_run(d) if (d / "config.yaml").exists() else None
     if row is None:  # a bare train() folder: give it a config, as a sweep does
-        store.prepare(d, {"name": "r", "base": from_dict(tiny(model={"norm": "batchnorm"})).to_dict()})
+        store.prepare(d, {"name": "r", "base": from_dict(BN_DYT).to_dict()})
         store.write_summary(d, summary)
         row = store.read_run(d)
     assert not (set(row) & measures.INDEX_SKIP)

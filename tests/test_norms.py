@@ -150,9 +150,14 @@ def test_qk_norm_bounds_attention_logits():
     assert 0 < m.attention_logit_max().item() <= math.sqrt(16) + 1e-4
 
 
-def test_max_attention_logit_matches_explicit_scores():
-    from normbench.model import max_attention_logit
+def max_attention_logit(q, k, attn_mask):
+    """The largest |logit| over heads, as the probe reads it: attention_stats' first column."""
+    from normbench.model import attention_stats
 
+    return attention_stats(q, k, attn_mask, None)[:, 0].amax()
+
+
+def test_max_attention_logit_matches_explicit_scores():
     torch.manual_seed(0)
     q, k = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
     scores = (q @ k.transpose(-2, -1)) / 2.0
@@ -161,8 +166,6 @@ def test_max_attention_logit_matches_explicit_scores():
 
 
 def test_max_attention_logit_takes_negative_logits_and_ignores_masked_pairs():
-    from normbench.model import max_attention_logit
-
     q = torch.zeros(1, 1, 4, 2)
     k = torch.zeros(1, 1, 4, 2)
     q[0, 0, 2, 0], k[0, 0, 1, 0] = 3.0, -2.0  # allowed pair (2, 1): logit -6 / sqrt(2)
