@@ -41,6 +41,8 @@ PLACEMENTS = {
              "projection, after the MLP's activation); fc1, fc2, value and output projections init times "
              "sqrt(ln 2N)",
 }
+# tasks trained as an encoder (bidirectional attention): no causal leak to warn of or to measure
+ENCODER_TASKS = ("mlm",)
 # placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)
 NEEDS_A_NORM = ("deepnorm", "mixln", "lns", "outnorm", "subln")
 TASKS = {
