@@ -108,7 +108,7 @@ class MaskedLM(CharLM):
     """Masked language modelling (BERT, Devlin et al. 2019) on the same corpus: windows of T
     characters; each real token is selected with probability ``data.mask_rate``, and a selected
     token becomes the mask token (80%), a random character (10%) or stays (10%); the loss is on the
-    selected positions only. The model attends both ways (``causal`` False). The selection is drawn
+    selected positions only, and each sequence has at least one. The model attends both ways (``causal`` False). The selection is drawn
     from the batch's generator: the run's seed for training, the fixed EVAL_SEED for the validation
     set, which is therefore the same for every run."""
     causal = False
@@ -130,9 +130,11 @@ class MaskedLM(CharLM):
             tok = tok.masked_fill(~real, PAD)
         pick, how = (torch.rand(batch_size, T, generator=gen, device=dev).to(self.device) for _ in range(2))
         other = torch.randint(1, self.n_chars + 1, (batch_size, T), generator=gen, device=dev).to(self.device)
-        sel = pick < self.cfg.mask_rate
         if real is not None:
-            sel &= real
+            pick = pick.masked_fill(~real, 2.0)  # padding is never selected
+        # at least one selected token per sequence (its smallest draw): a batch with no target has no
+        # loss (cross-entropy over nothing is NaN), which a batch of one short sequence would hit
+        sel = (pick < self.cfg.mask_rate) | (pick == pick.amin(dim=1, keepdim=True))
         x = torch.where(sel & (how < 0.8), self.MASK, torch.where(sel & (how < 0.9), other, tok))
         return Batch(x, tok.masked_fill(~sel, IGNORE), real)
 

@@ -121,3 +121,14 @@ def test_run_ids_of_earlier_tasks_are_unchanged():
     """data.mask_rate enters the id only when set: every decoder run keeps its id."""
     assert from_dict(tiny()).run_id() == from_dict(tiny(data={"mask_rate": 0.15})).run_id()
     assert from_dict(tiny(data={"task": "mlm"})).run_id() != from_dict(tiny(data={"task": "mlm", "mask_rate": 0.3})).run_id()
+
+
+def test_every_sequence_has_a_target():
+    """A batch with no selected token would have no loss (NaN): each sequence gets at least one, its
+    smallest draw, even at a tiny rate and with padding."""
+    t = task(seq_len=8, mask_rate=0.01, variable_length=True, min_len=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        x, y, mask = t.batch("train", 4, gen)
+        assert ((y != IGNORE).sum(1) >= 1).all()
+        assert not ((y != IGNORE) & ~mask).any()
