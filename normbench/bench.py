@@ -271,7 +271,7 @@ def bench(cfg: RunConfig, steps: int = 30, warmup: int = 5, rounds: int = 3, thr
 
 def causal_probe_ms(cfg: RunConfig, task, device: torch.device, repeats: int = 5) -> float:
     """Median time of the causality probe (two training-mode forwards of one batch), taken once per run."""
-    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len).to(device)
+    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len, bidirectional=not task.causal).to(device)
     x, _, mask = task.batch("val", cfg.train.batch_size, torch.Generator().manual_seed(0))
     autocast = autocast_for(device, cfg.train.precision)
     times = []
@@ -296,7 +296,8 @@ def probe_costs(cfg: RunConfig, task, device: torch.device, repeats: int = 7) ->
     from .probes import Run, Step, make_probes
 
     torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len).to(device).train()
+    model = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len,
+                        bidirectional=not task.causal).to(device).train()
     x, y, mask = task.batch("train", cfg.train.batch_size, task.generator(cfg.seed))
     autocast = autocast_for(device, cfg.train.precision)
     evalset = validation_set(task, cfg.train.eval_tokens)

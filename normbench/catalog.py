@@ -41,6 +41,8 @@ PLACEMENTS = {
              "projection, after the MLP's activation); fc1, fc2, value and output projections init times "
              "sqrt(ln 2N)",
 }
+# tasks trained as an encoder (bidirectional attention): no causal leak to warn of or to measure
+ENCODER_TASKS = ("mlm",)
 # placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)
 NEEDS_A_NORM = ("deepnorm", "mixln", "lns", "outnorm", "subln")
 TASKS = {
@@ -48,6 +50,9 @@ TASKS = {
     "text": "character LM on your own UTF-8 text file (data.path)",
     "copy": "synthetic: random symbols, a separator, then the same symbols again (loss on the copy)",
     "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
+    "mlm": "masked language modelling, BERT's encoder task, on the built-in corpus or data.path's text: "
+           "bidirectional attention; data.mask_rate of the tokens selected (80% masked, 10% random, 10% kept), "
+           "the loss on them",
 }
 # keys that act only after step 0 (the schedule, the optimizer...): a measurement taken at
 # initialisation is the same for every value of them, so it is never split by them

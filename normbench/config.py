@@ -23,7 +23,7 @@ from .errors import NormbenchError, Problems
 
 QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf"]
 Placement = Literal["pre", "post", "sandwich", "deepnorm", "mixln", "lns", "outnorm", "subln"]
-Task = Literal["charlm", "text", "copy", "reverse"]
+Task = Literal["charlm", "text", "copy", "reverse", "mlm"]
 
 
 def opt(default, help: str, *, min=None, max=None, min_open=False, max_open=False, choices=None):
@@ -86,15 +86,19 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     task: Task = opt("charlm", "what to train on (see `normbench list`)")
-    path: Optional[str] = opt(None, "UTF-8 text file for task: text (relative to the recipe's folder)")
+    path: Optional[str] = opt(None, "UTF-8 text file for task: text, or for mlm instead of the built-in corpus "
+                                    "(relative to the recipe's folder)")
     seq_len: int = opt(128, "context length T in tokens", min=1)
-    max_chars: int = opt(4_000_000, "cap on the corpus size in characters (charlm, text)", min=1000)
+    max_chars: int = opt(4_000_000, "cap on the corpus size in characters (charlm, text, mlm)", min=1000)
     val_fraction: float = opt(0.1, "share of the corpus held out for validation (its tail)",
                               min=0.0, max=1.0, min_open=True, max_open=True)
     variable_length: bool = opt(False, "draw each sequence's length, right-pad the batch, mask padding "
                                        "out of attention and loss")
     min_len: int = opt(8, "shortest sequence in tokens when variable_length is true", min=2)
     symbols: int = opt(16, "alphabet size of the copy and reverse tasks", min=2)
+    mask_rate: float = opt(0.15, "task mlm: the share of real tokens selected for the loss (BERT: 0.15; 80% of "
+                                 "them masked, 10% replaced by a random token, 10% kept)",
+                           min=0.0, max=1.0, min_open=True)
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,8 @@ class RunConfig:
 
 # keys added after run ids were first published (0.3.0), with their defaults: they enter the run id
 # only when set away from the default, so adding a key never orphans earlier results
-LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head"}
+LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head",
+              "data.mask_rate": 0.15}
 
 # keys that were removed, with what replaced them (one clear line instead of "unknown key")
 REMOVED_KEYS = {"train.eval_batches": "removed in 0.5.0: the validation set is now fixed in tokens, whatever the "
@@ -340,9 +345,13 @@ def check(cfg: RunConfig) -> None:
         problems.add(NormbenchError("model.embed_norm=true needs a norm (model.norm is none)", key="model.embed_norm"))
     if d.task == "text" and not d.path:
         problems.add(NormbenchError("data.task=text needs data.path, a UTF-8 text file", key="data.path"))
-    if d.task != "text" and d.path:
-        problems.add(NormbenchError(f"data.path is only used by data.task=text (task is {d.task})", key="data.path"))
-    if d.task == "text" and d.path:
+    if d.task not in ("text", "mlm") and d.path:
+        problems.add(NormbenchError(f"data.path is only used by data.task=text or mlm (task is {d.task})",
+                                    key="data.path"))
+    if d.task != "mlm" and d.mask_rate != DataConfig.mask_rate:
+        problems.add(NormbenchError(f"data.mask_rate is only used by data.task=mlm (task is {d.task})",
+                                    key="data.mask_rate"))
+    if d.task in ("text", "mlm") and d.path:
         with problems.check():
             textfile.check_length(d.path, d.max_chars, d.val_fraction, d.seq_len)
     if d.task in ("copy", "reverse") and d.seq_len < 4:

@@ -68,9 +68,10 @@ def char_ids(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 class CharLM:
     """Character language modelling: random windows of the corpus (nanoGPT style)."""
+    causal = True  # a decoder: position t sees positions <= t
 
     def __init__(self, cfg: DataConfig, device: torch.device):
-        text, self.fingerprint = stdlib_text(cfg.max_chars) if cfg.task == "charlm" else file_text(cfg.path, cfg.max_chars)
+        text, self.fingerprint = file_text(cfg.path, cfg.max_chars) if cfg.path else stdlib_text(cfg.max_chars)
         chars, ids = char_ids(text)
         self.vocab = ["<pad>"] + [chr(c) for c in chars]
         ids = torch.from_numpy(ids + 1)
@@ -103,8 +104,44 @@ class CharLM:
         return Batch(tok[:, :-1].masked_fill(~real, PAD), tok[:, 1:].masked_fill(~real, IGNORE), real)
 
 
+class MaskedLM(CharLM):
+    """Masked language modelling (BERT, Devlin et al. 2019) on the same corpus: windows of T
+    characters; each real token is selected with probability ``data.mask_rate``, and a selected
+    token becomes the mask token (80%), a random character (10%) or stays (10%); the loss is on the
+    selected positions only, and each sequence has at least one. The model attends both ways (``causal`` False). The selection is drawn
+    from the batch's generator: the run's seed for training, the fixed EVAL_SEED for the validation
+    set, which is therefore the same for every run."""
+    causal = False
+
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        super().__init__(cfg, device)
+        self.n_chars = len(self.vocab) - 1  # ids 1..n_chars are characters
+        self.vocab = self.vocab + ["<mask>"]
+        self.MASK = len(self.vocab) - 1
+
+    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+        data, T, dev = self.splits[split], self.cfg.seq_len, gen.device
+        starts = torch.randint(0, len(data) - T, (batch_size, 1), generator=gen, device=dev)
+        tok = data[(starts + torch.arange(T, device=dev)).to(self.device)]  # (B, T)
+        real = None
+        if self.cfg.variable_length:
+            lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen, device=dev)
+            real = (torch.arange(T, device=dev) < lengths).to(self.device)  # (B, T)
+            tok = tok.masked_fill(~real, PAD)
+        pick, how = (torch.rand(batch_size, T, generator=gen, device=dev).to(self.device) for _ in range(2))
+        other = torch.randint(1, self.n_chars + 1, (batch_size, T), generator=gen, device=dev).to(self.device)
+        if real is not None:
+            pick = pick.masked_fill(~real, 2.0)  # padding is never selected
+        # at least one selected token per sequence (its smallest draw): a batch with no target has no
+        # loss (cross-entropy over nothing is NaN), which a batch of one short sequence would hit
+        sel = (pick < self.cfg.mask_rate) | (pick == pick.amin(dim=1, keepdim=True))
+        x = torch.where(sel & (how < 0.8), self.MASK, torch.where(sel & (how < 0.9), other, tok))
+        return Batch(x, tok.masked_fill(~sel, IGNORE), real)
+
+
 class Symbolic:
     """copy / reverse: L random symbols, a separator, then the answer; loss on the answer only."""
+    causal = True
 
     SEP = 1
 
@@ -150,7 +187,7 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-TASKS = {"charlm": CharLM, "text": CharLM, "copy": Symbolic, "reverse": Symbolic}
+TASKS = {"charlm": CharLM, "text": CharLM, "copy": Symbolic, "reverse": Symbolic, "mlm": MaskedLM}
 
 
 def make_task(cfg: DataConfig, device: torch.device):

@@ -70,6 +70,7 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = qk(), qk()
         self.inner = inner  # SubLN: a norm before the output projection
         self.dropout = cfg.dropout
+        self.causal = True  # False in an encoder (task mlm): every position attends to every real one
         self.measure = False  # when set, the next forward records its per-head statistics (attention_stats)
         self.stats: torch.Tensor | None = None  # (H, 3): largest |logit|, entropy, weight on position 0
 
@@ -82,8 +83,8 @@ class Attention(nn.Module):
         if not self.full_qk:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.measure:
-            self.stats = attention_stats(q, k, attn_mask, mask)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            self.stats = attention_stats(q, k, attn_mask, mask, self.causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, dh)
         return self.proj(self.inner(y.transpose(1, 2).reshape(B, T, C), mask))
 
@@ -93,7 +94,7 @@ DIAG_SEQS = 4  # sequences the costlier diagnostics use (massive activations, to
 
 @torch.no_grad()
 def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None,
-                    mask: torch.Tensor | None) -> torch.Tensor:
+                    mask: torch.Tensor | None, causal: bool = True) -> torch.Tensor:
     """Per head (H, 3): the largest |q.k|/sqrt(d_head) over the (query, key) pairs attention may use;
     the entropy of the attention weights over the allowed keys, averaged over real queries (Zhai et
     al. 2023's entropy collapse, in nats); the weight on the first position, averaged over real
@@ -101,7 +102,9 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | 
     B, H, T, dh = q.shape
     scale = dh ** -0.5
     s = q.float() @ k.float().transpose(-2, -1)  # (B, H, T, T), unscaled
-    allowed = attn_mask if attn_mask is not None else torch.ones(T, T, dtype=torch.bool, device=q.device).tril_()
+    allowed = attn_mask if attn_mask is not None else torch.ones(T, T, dtype=torch.bool, device=q.device)
+    if attn_mask is None and causal:
+        allowed = allowed.tril_()
     # entropy and sinks on the first DIAG_SEQS sequences: a softmax over every score would double the cost
     b = min(B, DIAG_SEQS)
     sub = s[:b] * scale
@@ -216,9 +219,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, norm_warmup: int = 0):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, norm_warmup: int = 0,
+                 bidirectional: bool = False):
         """``norm_warmup``: PowerNorm's steps of batch statistics (the trainer passes train.warmup_steps,
-        as PowerNorm's code passes its learning-rate warmup)."""
+        as PowerNorm's code passes its learning-rate warmup). ``bidirectional``: an encoder (the mlm task)."""
         super().__init__()
         self.cfg = cfg
         self.tok = nn.Embedding(vocab_size, cfg.d_model)
@@ -231,6 +235,9 @@ class Transformer(nn.Module):
         norm = norm_maker(cfg, norm_warmup)
         self.embed_norm = norm(dyt_alphas(cfg)[0]) if cfg.embed_norm else Identity()  # BLOOM
         self.blocks = nn.ModuleList([Block(cfg, i, norm_warmup) for i in range(cfg.layers)])
+        self.bidirectional = bidirectional  # an encoder (task mlm): attention sees both ways
+        for b in self.blocks:
+            b.attn.causal = not bidirectional
         self.final_norm = norm(dyt_alphas(cfg)[1]) if has_final_norm(cfg) else Identity()
         self.measure_resid = False  # when set, the next forward records the residual stream per block
         self.resid_stats: list[torch.Tensor] = []  # per block, (4,): residual_stats
@@ -274,7 +281,12 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids; mask (B, T) True on real tokens, None when nothing is padded."""
         B, T = idx.shape
-        attn_mask = None if mask is None else self.causal[:T, :T] & mask[:, None, None, :]  # (B, 1, T, T)
+        if mask is None:
+            attn_mask = None  # SDPA's own causal kernel, or full attention in an encoder
+        elif self.bidirectional:
+            attn_mask = mask[:, None, None, :]  # (B, 1, 1, T): every real key, from every query
+        else:
+            attn_mask = self.causal[:T, :T] & mask[:, None, None, :]  # (B, 1, T, T)
         x = self.embed_norm(self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T]), mask)  # (B, T, d)
         self.resid_stats = []
         for block in self.blocks:

@@ -404,6 +404,9 @@ class Causality(Probe):
     """Taken once after the last step, on the first training-sized batch of the validation set."""
     name = "causality"
 
+    def active(self):
+        return self.run.task.causal  # an encoder may see every position: nothing to leak
+
     def take_now(self, run):
         x0, _, mask0 = run.sized[0]
         return {"train_causal_leak": causal_leak(run.model, x0, mask0, run.task.vocab_size, run.autocast)}

@@ -199,7 +199,8 @@ def setup(cfg: RunConfig, run_dir: Path | None, measure: bool) -> Session:
     m, t = cfg.model, cfg.train
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.data, device)
-    model = Transformer(m, task.vocab_size, cfg.data.seq_len, norm_warmup=t.warmup_steps).to(device)
+    model = Transformer(m, task.vocab_size, cfg.data.seq_len, norm_warmup=t.warmup_steps,
+                        bidirectional=not task.causal).to(device)
     groups = model.param_groups(t.weight_decay)
     params = [p for g in groups for p in g["params"]]
     # fused AdamW: one kernel for all parameters (4.5 -> 0.9 ms a step on the default model, CPU)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..catalog import LEAKY_NORMS
+from ..catalog import ENCODER_TASKS, LEAKY_NORMS
 from ..recipe import Recipe, RunSpec
 from . import store
 
@@ -36,10 +36,11 @@ def make_plan(recipe: Recipe, out: str | Path, force: bool = False, retry_failed
 def causality_warning(recipe: Recipe) -> str | None:
     """One line when some runs use a norm whose training-mode statistics mix positions (docs/conventions.md:
     causality probe), else None."""
-    leaky = sorted({r.cfg.model.norm for r in recipe.runs if r.cfg.model.norm in LEAKY_NORMS})
+    runs = [r for r in recipe.runs if r.cfg.model.norm in LEAKY_NORMS and r.cfg.data.task not in ENCODER_TASKS]
+    leaky = sorted({r.cfg.model.norm for r in runs})
     if not leaky:
         return None
-    n = sum(r.cfg.model.norm in LEAKY_NORMS for r in recipe.runs)
+    n = len(runs)
     return (f"{n} run(s) use {', '.join(leaky)}: in training their batch statistics let a token see later tokens, "
             f"so the training loss is optimistic (train_causal_leak > 0); judge by the eval-mode val loss, "
             f"or compare batchnorm_causal")
