@@ -127,7 +127,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                               "draws of 64 sequences)"),
     ), (Series("val_loss", "the validation loss", "validation loss (seed mean ± std)", "loss (nats)"),)),
     Measurement("causality", "end", "the RMS change of the training-mode logits at positions ≤ T/2 when every "
-                "later token changes: 0 for a causal model, above 0 when a norm mixes positions", (
+                "later token changes: 0 for a causal model, above 0 when a norm mixes positions; null for an "
+                "encoder (task mlm), which may see every position", (
         Metric("train_causal_leak", "the causal leak", "causal leak", column="nonzero"),
     ), probe=True),
     Measurement("excursions", "step", "loss spikes, and steps above the ceiling ln(vocab) + "
