@@ -48,6 +48,8 @@ NEEDS_A_NORM = ("deepnorm", "mixln", "lns", "outnorm", "subln")
 TASKS = {
     "charlm": "character LM on the Python standard library's own .py files (built in, no download)",
     "text": "character LM on your own UTF-8 text file (data.path)",
+    "prose": "LM on natural English built in: the Python documentation topics (pydoc_data, ~465k characters)",
+    "tokens": "LM on pre-tokenised files (data.path: nanoGPT's train.bin/val.bin or modded-nanogpt's shards)",
     "copy": "synthetic: random symbols, a separator, then the same symbols again (loss on the copy)",
     "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
     "mlm": "masked language modelling, BERT's encoder task, on the built-in corpus or data.path's text: "

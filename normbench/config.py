@@ -23,7 +23,8 @@ from .errors import NormbenchError, Problems
 
 QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf"]
 Placement = Literal["pre", "post", "sandwich", "deepnorm", "mixln", "lns", "outnorm", "subln"]
-Task = Literal["charlm", "text", "copy", "reverse", "mlm"]
+Task = Literal["charlm", "text", "copy", "reverse", "mlm", "prose", "tokens"]
+Tokenizer = Literal["char", "byte", "bpe"]
 
 
 def opt(default, help: str, *, min=None, max=None, min_open=False, max_open=False, choices=None):
@@ -86,8 +87,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     task: Task = opt("charlm", "what to train on (see `normbench list`)")
-    path: Optional[str] = opt(None, "UTF-8 text file for task: text, or for mlm instead of the built-in corpus "
-                                    "(relative to the recipe's folder)")
+    path: Optional[str] = opt(None, "UTF-8 text file for task: text (or mlm instead of the built-in corpus); "
+                                    "for task: tokens, the folder of token files (relative to the recipe's folder)")
     seq_len: int = opt(128, "context length T in tokens", min=1)
     max_chars: int = opt(4_000_000, "cap on the corpus size in characters (charlm, text, mlm)", min=1000)
     val_fraction: float = opt(0.1, "share of the corpus held out for validation (its tail)",
@@ -96,6 +97,11 @@ class DataConfig:
                                        "out of attention and loss")
     min_len: int = opt(8, "shortest sequence in tokens when variable_length is true", min=2)
     symbols: int = opt(16, "alphabet size of the copy and reverse tasks", min=2)
+    tokenizer: Tokenizer = opt("char", "how a text task (charlm, text, prose, mlm) turns text into tokens: char, "
+                                       "byte (UTF-8 bytes) or bpe (a byte-level BPE trained on the training split; "
+                                       "the bpe extra)")
+    vocab_size: Optional[int] = opt(None, "the BPE's vocabulary (tokenizer bpe; default 1024), or the token files' "
+                                          "(task tokens, when no meta.pkl gives it)", min=2)
     mask_rate: float = opt(0.15, "task mlm: the share of real tokens selected for the loss (BERT: 0.15; 80% of "
                                  "them masked, 10% replaced by a random token, 10% kept)",
                            min=0.0, max=1.0, min_open=True)
@@ -163,7 +169,11 @@ class RunConfig:
             section, name = key.split(".")
             if d[section][name] == default:
                 del d[section][name]
-        if d["data"]["path"]:  # the text trained on, not where it lies: an edited file gets new ids
+        if d["data"]["path"] and self.data.task == "tokens":  # the token files by size and sampled blocks
+            from . import tokenfile
+
+            d["data"]["path"] = "tokens:" + tokenfile.digest(d["data"]["path"])
+        elif d["data"]["path"]:  # the text trained on, not where it lies: an edited file gets new ids
             d["data"]["path"] = "sha256:" + textfile.file_digest(d["data"]["path"], d["data"]["max_chars"])
         from .registry import plugin_of
 
@@ -176,7 +186,7 @@ class RunConfig:
 # keys added after run ids were first published (0.3.0), with their defaults: they enter the run id
 # only when set away from the default, so adding a key never orphans earlier results
 LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head",
-              "data.mask_rate": 0.15}
+              "data.mask_rate": 0.15, "data.tokenizer": "char", "data.vocab_size": None}
 
 # keys that were removed, with what replaced them (one clear line instead of "unknown key")
 REMOVED_KEYS = {"train.eval_batches": "removed in 0.5.0: the validation set is now fixed in tokens, whatever the "
@@ -343,27 +353,59 @@ def check(cfg: RunConfig) -> None:
             "same model as placement pre with norm none); pick a norm, or placement pre", key="model.norm"))
     if m.embed_norm and m.norm == "none":
         problems.add(NormbenchError("model.embed_norm=true needs a norm (model.norm is none)", key="model.embed_norm"))
-    if d.task == "text" and not d.path:
-        problems.add(NormbenchError("data.task=text needs data.path, a UTF-8 text file", key="data.path"))
-    if d.task not in ("text", "mlm") and d.path:
-        problems.add(NormbenchError(f"data.path is only used by data.task=text or mlm (task is {d.task})",
-                                    key="data.path"))
-    if d.task != "mlm" and d.mask_rate != DataConfig.mask_rate:
-        problems.add(NormbenchError(f"data.mask_rate is only used by data.task=mlm (task is {d.task})",
-                                    key="data.mask_rate"))
-    if d.task in ("text", "mlm") and d.path:
-        with problems.check():
-            textfile.check_length(d.path, d.max_chars, d.val_fraction, d.seq_len)
-    if d.task in ("copy", "reverse") and d.seq_len < 4:
-        problems.add(NormbenchError(f"data.task={d.task} needs data.seq_len >= 4 (symbols, separator, answer)",
-                                    key="data.seq_len"))
-    if d.variable_length and d.min_len > d.seq_len:
-        problems.add(NormbenchError(f"data.min_len={d.min_len} exceeds data.seq_len={d.seq_len}", key="data.min_len"))
+    check_data(d, problems)
     problems.raise_any()
 
 
 
 
+
+
+TEXT_TASKS = ("charlm", "text", "prose", "mlm")  # the tasks a tokenizer applies to
+
+
+def check_data(d: DataConfig, problems: Problems) -> None:
+    """The data keys' rules: which task takes a path, a tokenizer, a vocabulary, a mask rate."""
+    if d.task in ("text", "tokens") and not d.path:
+        what = "a UTF-8 text file" if d.task == "text" else "a folder of token files"
+        problems.add(NormbenchError(f"data.task={d.task} needs data.path, {what}", key="data.path"))
+    if d.task not in ("text", "mlm", "tokens") and d.path:
+        problems.add(NormbenchError(f"data.path is only used by data.task=text, mlm or tokens (task is {d.task})",
+                                    key="data.path"))
+    if d.task != "mlm" and d.mask_rate != DataConfig.mask_rate:
+        problems.add(NormbenchError(f"data.mask_rate is only used by data.task=mlm (task is {d.task})",
+                                    key="data.mask_rate"))
+    if d.tokenizer != "char" and d.task not in TEXT_TASKS:
+        problems.add(NormbenchError(f"data.tokenizer applies to the text tasks ({', '.join(TEXT_TASKS)}), not to "
+                                    f"{d.task}", key="data.tokenizer"))
+    if d.vocab_size is not None and not (d.tokenizer == "bpe" or d.task == "tokens"):
+        problems.add(NormbenchError("data.vocab_size is used by data.tokenizer=bpe and data.task=tokens",
+                                    key="data.vocab_size"))
+    if d.tokenizer == "bpe":
+        import importlib.util
+
+        if importlib.util.find_spec("tokenizers") is None:
+            problems.add(NormbenchError("bpe needs Hugging Face tokenizers: pip install -c constraints.txt -e "
+                                        "\".[bpe]\"", key="data.tokenizer"))
+    if d.tokenizer == "bpe" and d.vocab_size is not None and d.vocab_size < 300:
+        problems.add(NormbenchError(f"expected at least 300 for a byte-level BPE (256 bytes and merges), got "
+                                    f"{d.vocab_size}", key="data.vocab_size"))
+    if d.task == "tokens" and d.variable_length:
+        problems.add(NormbenchError("data.variable_length is not supported by data.task=tokens",
+                                    key="data.variable_length"))
+    if d.task in ("text", "mlm") and d.path:
+        with problems.check():
+            textfile.check_length(d.path, d.max_chars, d.val_fraction, d.seq_len)
+    if d.task == "tokens" and d.path:
+        from . import tokenfile
+
+        with problems.check():
+            tokenfile.check(d.path, d.vocab_size, d.seq_len)
+    if d.task in ("copy", "reverse") and d.seq_len < 4:
+        problems.add(NormbenchError(f"data.task={d.task} needs data.seq_len >= 4 (symbols, separator, answer)",
+                                    key="data.seq_len"))
+    if d.variable_length and d.min_len > d.seq_len:
+        problems.add(NormbenchError(f"data.min_len={d.min_len} exceeds data.seq_len={d.seq_len}", key="data.min_len"))
 
 
 def check_dotted_key(key: str) -> None:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import textfile
+from . import textfile, tokenizer
 from .config import DataConfig
 from .errors import NormbenchError
 
@@ -56,30 +56,55 @@ def file_text(path: str, max_chars: int) -> tuple[str, dict]:
     return text, textfile.fingerprint(text, source=str(path), files=1)
 
 
-def char_ids(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct code points, sorted; each character's index among them), as np.unique with
-    return_inverse gives, but by counting instead of sorting: O(n), about 12x faster on the
-    4M-character corpus, which every run builds."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    present = np.bincount(codes) > 0  # code points stop at 0x10FFFF: at most 1.1M counters
-    lut = np.cumsum(present, dtype=np.int64) - 1  # code point -> its rank among those present
-    return np.flatnonzero(present), lut[codes]
+@functools.lru_cache(maxsize=2)
+def prose_text(max_chars: int) -> tuple[str, dict]:
+    """Natural English with no download: the running Python's documentation topics
+    (``pydoc_data.topics``, about 465,000 characters in CPython 3.11) in sorted topic order; where
+    they are missing, the standard library modules' docstrings."""
+    try:
+        from pydoc_data.topics import topics
+
+        parts, source = [topics[k] for k in sorted(topics)], "python-pydoc-topics"
+    except ImportError:  # a Python built without them
+        import importlib
+        import sys
+
+        parts, source = [], "python-stdlib-docstrings"
+        for name in sorted(sys.stdlib_module_names):
+            try:
+                doc = importlib.import_module(name).__doc__
+            except Exception:  # noqa: BLE001 - a module that does not import here has no docstring to give
+                continue
+            if doc:
+                parts.append(doc)
+    text = "\n\n".join(parts)[:max_chars]
+    return text, textfile.fingerprint(text, source=source, files=len(parts))
+
+
+def corpus(cfg: DataConfig) -> tuple[str, dict]:
+    """The text of a text task: data.path's file, the documentation topics (prose), or the library's code."""
+    if cfg.path:
+        return file_text(cfg.path, cfg.max_chars)
+    return prose_text(cfg.max_chars) if cfg.task == "prose" else stdlib_text(cfg.max_chars)
 
 
 class CharLM:
-    """Character language modelling: random windows of the corpus (nanoGPT style)."""
+    """Language modelling on a text (charlm, text, prose): random windows of its tokens (nanoGPT
+    style), the tokens by ``data.tokenizer`` (characters by default)."""
     causal = True  # a decoder: position t sees positions <= t
 
-    def __init__(self, cfg: DataConfig, device: torch.device):
-        text, self.fingerprint = file_text(cfg.path, cfg.max_chars) if cfg.path else stdlib_text(cfg.max_chars)
-        chars, ids = char_ids(text)
-        self.vocab = ["<pad>"] + [chr(c) for c in chars]
-        ids = torch.from_numpy(ids + 1)
-        n_train, _ = textfile.split_sizes(len(ids), cfg.val_fraction)
-        self.splits = {"train": ids[:n_train].to(device), "val": ids[n_train:].to(device)}
+    def __init__(self, cfg: DataConfig, device: torch.device, cache: Path | None = None):
+        text, self.fingerprint = corpus(cfg)
+        n_train, _ = textfile.split_sizes(len(text), cfg.val_fraction)  # the tail is validation, in characters
+        enc = tokenizer.encode(text, n_train, cfg.tokenizer, cfg.vocab_size, cache)
+        if cfg.tokenizer != "char":
+            self.fingerprint = {**self.fingerprint, **enc.info}
+        self.vocab = enc.vocab
+        self.token_bytes = torch.from_numpy(enc.token_bytes)  # (V,) bytes per token: bits per byte
+        self.splits = {"train": torch.from_numpy(enc.train).to(device), "val": torch.from_numpy(enc.val).to(device)}
         for split, data in self.splits.items():
             if len(data) < cfg.seq_len + 2:
-                raise NormbenchError(f"the {split} split has {len(data)} characters, fewer than data.seq_len + 2 = "
+                raise NormbenchError(f"the {split} split has {len(data)} tokens, fewer than data.seq_len + 2 = "
                                      f"{cfg.seq_len + 2}; use a longer text or a shorter data.seq_len",
                                      key="data.seq_len")
         self.cfg, self.device = cfg, device
@@ -113,10 +138,11 @@ class MaskedLM(CharLM):
     set, which is therefore the same for every run."""
     causal = False
 
-    def __init__(self, cfg: DataConfig, device: torch.device):
-        super().__init__(cfg, device)
-        self.n_chars = len(self.vocab) - 1  # ids 1..n_chars are characters
+    def __init__(self, cfg: DataConfig, device: torch.device, cache: Path | None = None):
+        super().__init__(cfg, device, cache)
+        self.n_chars = len(self.vocab) - 1  # ids 1..n_chars are the tokenizer's (characters by default)
         self.vocab = self.vocab + ["<mask>"]
+        self.token_bytes = torch.cat([self.token_bytes, torch.zeros(1, dtype=self.token_bytes.dtype)])
         self.MASK = len(self.vocab) - 1
 
     def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
@@ -139,13 +165,49 @@ class MaskedLM(CharLM):
         return Batch(x, tok.masked_fill(~sel, IGNORE), real)
 
 
+class TokenLM:
+    """Language modelling on pre-tokenised files (``data.task: tokens``, tokenfile.py), memory-mapped:
+    each sequence is a random window of a random file of the split, files weighted by their length.
+    Ids are the files' plus 1 (id 0 is padding, as in every task). Token files carry no bytes, so no
+    bits per byte: losses stay in nats per token."""
+    causal = True
+    token_bytes = None
+
+    def __init__(self, cfg: DataConfig, device: torch.device, cache: Path | None = None):
+        from . import tokenfile
+
+        splits, vocab = tokenfile.find_splits(cfg.path, cfg.vocab_size)
+        self.arrays = {name: tokenfile.open_split(split) for name, split in splits.items()}
+        self.vocab = ["<pad>"] + [f"t{i}" for i in range(vocab)]
+        self.fingerprint = {"source": "tokens", "digest": tokenfile.digest(cfg.path), "vocab_size": vocab,
+                            "tokens": {name: int(sum(len(a) for a in arrays)) for name, arrays in self.arrays.items()}}
+        self.cfg, self.device = cfg, device
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)  # windows are read on the host, then copied
+
+    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+        T, arrays = self.cfg.seq_len, self.arrays[split]
+        sizes = torch.tensor([max(0, len(a) - T - 1) for a in arrays], dtype=torch.float64)
+        which = torch.multinomial(sizes, batch_size, replacement=True, generator=gen)
+        starts = (torch.rand(batch_size, generator=gen, dtype=torch.float64) * sizes[which]).long()
+        tok = torch.from_numpy(np.stack([np.asarray(arrays[f][s:s + T + 1], dtype=np.int64)
+                                         for f, s in zip(which.tolist(), starts.tolist())])) + 1  # (B, T+1)
+        return Batch(_to(tok[:, :-1], self.device), _to(tok[:, 1:], self.device), None)
+
+
 class Symbolic:
     """copy / reverse: L random symbols, a separator, then the answer; loss on the answer only."""
     causal = True
+    token_bytes = None
 
     SEP = 1
 
-    def __init__(self, cfg: DataConfig, device: torch.device):
+    def __init__(self, cfg: DataConfig, device: torch.device, cache: Path | None = None):
         self.cfg, self.device = cfg, device
         self.vocab = ["<pad>", "<sep>"] + [f"s{i}" for i in range(cfg.symbols)]
         self.fingerprint = {"source": f"synthetic-{cfg.task}", "symbols": cfg.symbols}
@@ -187,8 +249,10 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-TASKS = {"charlm": CharLM, "text": CharLM, "copy": Symbolic, "reverse": Symbolic, "mlm": MaskedLM}
+TASKS = {"charlm": CharLM, "text": CharLM, "prose": CharLM, "copy": Symbolic, "reverse": Symbolic, "mlm": MaskedLM,
+         "tokens": TokenLM}
 
 
-def make_task(cfg: DataConfig, device: torch.device):
-    return TASKS[cfg.task](cfg, device)
+def make_task(cfg: DataConfig, device: torch.device, cache: Path | None = None):
+    """The task of ``cfg``; ``cache``: where a trained BPE is kept (the results folder's .cache/bpe)."""
+    return TASKS[cfg.task](cfg, device, cache)

@@ -26,6 +26,7 @@ UNIGRAM_SAMPLE = 65536  # target tokens sampled for those tasks' frequencies
 class EvalSet:
     chunks: list[Batch]  # DRAW sequences each, in draw order
     tokens: int  # target tokens scored (those not IGNORE)
+    bytes: int | None = None  # the UTF-8 bytes those targets stand for (text tasks): bits per byte
 
     def batches(self, batch_size: int) -> list[Batch]:
         """The same sequences re-cut into training-sized batches (BatchNorm's batch-statistics
@@ -64,7 +65,16 @@ def validation_set(task, eval_tokens: int) -> EvalSet:
         if got == 0 and len(chunks) > 1000:  # a task with no targets would loop for ever
             raise RuntimeError("the validation draws hold no target tokens")
         n += got
-    return EvalSet(chunks, n)
+    return EvalSet(chunks, n, target_bytes(task, chunks))
+
+
+def target_bytes(task, chunks: list[Batch]) -> int | None:
+    """The UTF-8 bytes the validation targets stand for; None where tokens carry no bytes (token
+    files, the symbolic tasks)."""
+    table = getattr(task, "token_bytes", None)
+    if table is None:
+        return None
+    return int(sum(int(table[c.y[c.y != IGNORE].cpu()].sum()) for c in chunks))
 
 
 def loss_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

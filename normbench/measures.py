@@ -45,6 +45,7 @@ class Metric:
     derive: Callable | None = None  # a claim's metric computed from a run's summary row
     binary: bool = False  # a 0/1 per run: tested as a rate (Fisher's exact test)
     at_init: bool = False  # taken at initialisation: keys that act after step 0 never split it
+    nats: bool = True  # a loss in nats per token (bits per byte are not: LR sensitivity's cap is in nats)
     across_lrs: bool = False  # a claim's metric over a group's learning rates, per seed (the ledger's)
 
     @property
@@ -125,6 +126,11 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Metric("val_losses", "[step, loss] of every evaluation", listed=True),
         Metric("eval_tokens", "the targets the validation set holds (train.eval_tokens, rounded up to whole "
                               "draws of 64 sequences)"),
+        Metric("final_val_bpb", "final_val_loss in bits per UTF-8 byte of the text its targets cover "
+                                "(text tasks; null for token files and the symbolic tasks)", "final val bpb",
+               loss=True, nats=False),
+        Metric("best_val_bpb", "best_val_loss in bits per UTF-8 byte", "best val bpb", loss=True, nats=False),
+        Metric("eval_bytes", "the UTF-8 bytes the validation targets cover (text tasks)"),
     ), (Series("val_loss", "the validation loss", "validation loss (seed mean ± std)", "loss (nats)"),)),
     Measurement("causality", "end", "the RMS change of the training-mode logits at positions ≤ T/2 when every "
                 "later token changes: 0 for a causal model, above 0 when a norm mixes positions; null for an "
@@ -305,7 +311,7 @@ PROFILES = tuple(m.key for meas in MEASUREMENTS if meas.when != "run" for m in m
 ON_DIVERGED = tuple(k for k, m in COMPARED.items() if m.on_diverged)  # over every run, diverged ones included
 SPEED = tuple(k for k, m in COMPARED.items() if m.speed)
 # the losses of a finished run (not initial_loss, which every run has): LR sensitivity's choices
-LOSSES = tuple(k for k, m in COMPARED.items() if m.loss and not m.on_diverged)
+LOSSES = tuple(k for k, m in COMPARED.items() if m.loss and m.nats and not m.on_diverged)
 LOG_SCALE = tuple(k for k, m in METRICS.items() if m.scale == "log")
 BINARY = tuple(k for k, m in METRICS.items() if m.binary)
 AT_INIT = tuple(k for k, m in METRICS.items() if m.at_init)

@@ -350,12 +350,13 @@ def _apply_sets(sets: dict, base: dict, axes: dict, zipped: dict, problems: Prob
 
 
 def _resolve_path(raw: dict, base_dir: Path, where: str) -> None:
-    """data.path is relative to the recipe's folder; make it absolute and check it exists."""
+    """data.path is relative to the recipe's folder; make it absolute and check it exists (what it must
+    be, a text file or a folder of token files, the config's check says in one line)."""
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         path = (base_dir / data["path"]).resolve()
-        if not path.is_file():
-            raise NormbenchError(f"no such file: {path}", key=where)
+        if not path.exists():  # a text file, or a folder of token files (task tokens)
+            raise NormbenchError(f"no such file or folder: {path}", key=where)
         data["path"] = str(path)
 
 

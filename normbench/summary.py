@@ -80,8 +80,10 @@ def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precis
     unigram = finite_or_none(unigram_loss(task, evalset))
     peak_mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10))
+    best_val = min(finite_vals) if finite_vals else None
     out = {
         "run_id": cfg.run_id(),
+        **bits_per_byte(final_val, best_val, evalset),
         "final_val_loss": final_val,
         "best_val_loss": min(finite_vals) if finite_vals else None,
         "final_train_loss": None if diverged or not tail else sum(tail) / len(tail),
@@ -121,3 +123,12 @@ def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precis
     for probe in probes:
         out.update(probe.summary(trace.rows.get(probe.name, []), run))
     return {k: out.get(k) for k in SUMMARY_KEYS}
+
+
+def bits_per_byte(final_val, best_val, evalset) -> dict:
+    """The validation losses in bits per UTF-8 byte: nats per token x tokens / (bytes x ln 2), the
+    enwik8/text8 convention, so character, byte and BPE arms compare on one scale."""
+    scale = evalset.tokens / (evalset.bytes * math.log(2)) if evalset.bytes else None
+    return {"final_val_bpb": None if scale is None or final_val is None else final_val * scale,
+            "best_val_bpb": None if scale is None or best_val is None else best_val * scale,
+            "eval_bytes": evalset.bytes}

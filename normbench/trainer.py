@@ -198,7 +198,8 @@ def setup(cfg: RunConfig, run_dir: Path | None, measure: bool) -> Session:
     device = resolve_device(cfg.device)
     m, t = cfg.model, cfg.train
     torch.manual_seed(cfg.seed)
-    task = make_task(cfg.data, device)
+    # a BPE is trained once per corpus and kept beside the sweep's runs: RESULTS/.cache/bpe
+    task = make_task(cfg.data, device, cache=run_dir.parent.parent / ".cache" / "bpe" if run_dir else None)
     model = Transformer(m, task.vocab_size, cfg.data.seq_len, norm_warmup=t.warmup_steps,
                         bidirectional=not task.causal).to(device)
     groups = model.param_groups(t.weight_decay)

@@ -3,7 +3,8 @@ import torch
 from normbench.config import DataConfig
 import numpy as np
 
-from normbench.data import IGNORE, PAD, char_ids, make_task, stdlib_text
+from normbench.data import IGNORE, PAD, make_task, stdlib_text
+from normbench.tokenizer import char_ids
 
 CPU = torch.device("cpu")
 
