@@ -103,7 +103,8 @@ def default_cache() -> Path:
 
 
 def bpe_file(train_text: str, vocab_size: int, cache: Path | None) -> Path:
-    """The trained tokenizer's JSON, trained now unless the cache holds it (same text, same settings)."""
+    """The trained tokenizer's JSON, trained now unless the cache holds it (same text, same settings).
+    Under the lock, so concurrent runs of a sweep train it once; ``trained`` counts who did."""
     tk = import_tokenizers()
     key = hashlib.sha256(f"{vocab_size};{tk.__version__};".encode() + train_text.encode("utf-8")).hexdigest()[:16]
     path = (cache or default_cache()) / f"bpe-{vocab_size}-{key}.json"
@@ -118,7 +119,11 @@ def bpe_file(train_text: str, vocab_size: int, cache: Path | None) -> Path:
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tok.save(str(tmp))
             os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+            trained.append(str(path))
     return path
+
+
+trained: list[str] = []  # the BPE files this process trained (the tests read it)
 
 
 def bpe(text: str, n_train: int, vocab_size: int, cache: Path | None) -> Encoded:

@@ -147,9 +147,7 @@ def test_bpe_trains_once_per_corpus_and_is_reused(tmp_path):
     again = make_task(cfg.data, torch.device("cpu"), cache)  # a second run: read, not trained
     assert files[0].stat().st_mtime_ns == mtime and list(cache.glob("bpe-400-*.json")) == files
     assert torch.equal(again.splits["val"], task.splits["val"])
-    # the tokens' bytes add up to the text: decoding the validation split gives it back
-    from normbench.tokenizer import Encoded  # noqa: F401 (the table checked below is Encoded.token_bytes)
-
+    # the tokens' bytes add up to the text: the validation split's byte table covers its text exactly
     text, _ = prose_text(cfg.data.max_chars)
     n_train = len(text) - int(len(text) * cfg.data.val_fraction)
     assert int(task.token_bytes[task.splits["val"]].sum()) == len(text[n_train:].encode("utf-8"))
@@ -187,3 +185,25 @@ def test_earlier_run_ids_are_unchanged():
     """The new keys enter the id only when set."""
     assert from_dict(tiny()).run_id() == from_dict(tiny(data={"tokenizer": "char"})).run_id()
     assert from_dict(tiny()).run_id() != from_dict(tiny(data={"tokenizer": "byte"})).run_id()
+
+
+def _build_bpe(cache: str) -> list:
+    from normbench import tokenizer
+    from normbench.data import prose_text
+
+    text, _ = prose_text(200_000)
+    tokenizer.bpe_file(text[:150_000], 350, __import__("pathlib").Path(cache))
+    return tokenizer.trained
+
+
+def test_concurrent_runs_train_the_bpe_once(tmp_path):
+    """Two processes asking for the same BPE at once: one trains it, the other waits on the lock
+    and reads it (a sweep's runs start together)."""
+    pytest.importorskip("tokenizers")
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(_build_bpe, [str(tmp_path)] * 2))
+    assert sorted(len(d) for d in done) == [0, 1]  # exactly one of them trained
+    assert len(list(tmp_path.glob("bpe-350-*.json"))) == 1 and not list(tmp_path.glob("*.tmp"))
