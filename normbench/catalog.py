@@ -52,7 +52,8 @@ TASKS = {
     "tokens": "LM on pre-tokenised files (data.path: nanoGPT's train.bin/val.bin or modded-nanogpt's shards)",
     "copy": "synthetic: random symbols, a separator, then the same symbols again (loss on the copy)",
     "reverse": "synthetic: random symbols, a separator, then the symbols reversed (loss on the answer)",
-    "mlm": "masked language modelling, BERT's encoder task, on the built-in corpus or data.path's text: "
+    "mlm": "masked language modelling, BERT's encoder task, on the built-in code or prose (data.corpus) or "
+           "data.path's text: "
            "bidirectional attention; data.mask_rate of the tokens selected (80% masked, 10% random, 10% kept), "
            "the loss on them",
 }

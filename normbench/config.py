@@ -90,7 +90,7 @@ class DataConfig:
     path: Optional[str] = opt(None, "UTF-8 text file for task: text (or mlm instead of the built-in corpus); "
                                     "for task: tokens, the folder of token files (relative to the recipe's folder)")
     seq_len: int = opt(128, "context length T in tokens", min=1)
-    max_chars: int = opt(4_000_000, "cap on the corpus size in characters (charlm, text, mlm)", min=1000)
+    max_chars: int = opt(4_000_000, "cap on the corpus size in characters (charlm, text, prose, mlm)", min=1000)
     val_fraction: float = opt(0.1, "share of the corpus held out for validation (its tail)",
                               min=0.0, max=1.0, min_open=True, max_open=True)
     variable_length: bool = opt(False, "draw each sequence's length, right-pad the batch, mask padding "
@@ -102,6 +102,8 @@ class DataConfig:
                                        "the bpe extra)")
     vocab_size: Optional[int] = opt(None, "the BPE's vocabulary (tokenizer bpe; default 1024), or the token files' "
                                           "(task tokens, when no meta.pkl gives it)", min=2)
+    corpus: Literal["code", "prose"] = opt("code", "task mlm without data.path: the built-in corpus it masks, code "
+                                                   "(charlm's) or prose (prose's)")
     mask_rate: float = opt(0.15, "task mlm: the share of real tokens selected for the loss (BERT: 0.15; 80% of "
                                  "them masked, 10% replaced by a random token, 10% kept)",
                            min=0.0, max=1.0, min_open=True)
@@ -186,7 +188,7 @@ class RunConfig:
 # keys added after run ids were first published (0.3.0), with their defaults: they enter the run id
 # only when set away from the default, so adding a key never orphans earlier results
 LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head",
-              "data.mask_rate": 0.15, "data.tokenizer": "char", "data.vocab_size": None}
+              "data.mask_rate": 0.15, "data.tokenizer": "char", "data.vocab_size": None, "data.corpus": "code"}
 
 # keys that were removed, with what replaced them (one clear line instead of "unknown key")
 REMOVED_KEYS = {"train.eval_batches": "removed in 0.5.0: the validation set is now fixed in tokens, whatever the "
@@ -372,6 +374,9 @@ def check_data(d: DataConfig, problems: Problems) -> None:
     if d.task not in ("text", "mlm", "tokens") and d.path:
         problems.add(NormbenchError(f"data.path is only used by data.task=text, mlm or tokens (task is {d.task})",
                                     key="data.path"))
+    if d.corpus != "code" and (d.task != "mlm" or d.path):
+        problems.add(NormbenchError("data.corpus chooses the built-in text of data.task=mlm without data.path (task "
+                                    f"is {d.task}{', with a path' if d.path else ''})", key="data.corpus"))
     if d.task != "mlm" and d.mask_rate != DataConfig.mask_rate:
         problems.add(NormbenchError(f"data.mask_rate is only used by data.task=mlm (task is {d.task})",
                                     key="data.mask_rate"))

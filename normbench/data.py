@@ -65,15 +65,15 @@ def prose_text(max_chars: int) -> tuple[str, dict]:
         from pydoc_data.topics import topics
 
         parts, source = [topics[k] for k in sorted(topics)], "python-pydoc-topics"
-    except ImportError:  # a Python built without them
-        import importlib
-        import sys
+    except ImportError:  # a Python built without them: the modules' docstrings, read, never imported
+        import ast
 
         parts, source = [], "python-stdlib-docstrings"
-        for name in sorted(sys.stdlib_module_names):
+        root = Path(sysconfig.get_paths()["stdlib"])
+        for path in sorted(root.glob("*.py")):
             try:
-                doc = importlib.import_module(name).__doc__
-            except Exception:  # noqa: BLE001 - a module that does not import here has no docstring to give
+                doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8", errors="replace")))
+            except (SyntaxError, ValueError):
                 continue
             if doc:
                 parts.append(doc)
@@ -85,7 +85,8 @@ def corpus(cfg: DataConfig) -> tuple[str, dict]:
     """The text of a text task: data.path's file, the documentation topics (prose), or the library's code."""
     if cfg.path:
         return file_text(cfg.path, cfg.max_chars)
-    return prose_text(cfg.max_chars) if cfg.task == "prose" else stdlib_text(cfg.max_chars)
+    prose = cfg.task == "prose" or (cfg.task == "mlm" and cfg.corpus == "prose")
+    return prose_text(cfg.max_chars) if prose else stdlib_text(cfg.max_chars)
 
 
 class CharLM:
@@ -197,6 +198,9 @@ class TokenLM:
         starts = (torch.rand(batch_size, generator=gen, dtype=torch.float64) * sizes[which]).long()
         tok = torch.from_numpy(np.stack([np.asarray(arrays[f][s:s + T + 1], dtype=np.int64)
                                          for f, s in zip(which.tolist(), starts.tolist())])) + 1  # (B, T+1)
+        if int(tok.max()) >= self.vocab_size:  # an id the validation's sample missed: say so, not an IndexError
+            raise NormbenchError(f"a {split} token id ({int(tok.max()) - 1}) is beyond the vocabulary "
+                                 f"({self.vocab_size - 1}; data.vocab_size or meta.pkl)", key="data.path")
         return Batch(_to(tok[:, :-1], self.device), _to(tok[:, 1:], self.device), None)
 
 

@@ -341,8 +341,8 @@ def _apply_sets(sets: dict, base: dict, axes: dict, zipped: dict, problems: Prob
             axes.pop(k, None)
             if k == "data.path" and isinstance(v, str):  # typed on the command line: relative to here
                 path = (Path.cwd() / v).resolve()
-                if not path.is_file():
-                    raise NormbenchError(f"no such file: {path}", key=f"--set {k}")
+                if not (path.exists() or ("{split}" in path.name and path.parent.is_dir())):
+                    raise NormbenchError(f"no such file or folder: {path}", key=f"--set {k}")
                 v = str(path)
             set_dotted(base, k, v)
             flagged.add(k)
@@ -355,7 +355,7 @@ def _resolve_path(raw: dict, base_dir: Path, where: str) -> None:
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         path = (base_dir / data["path"]).resolve()
-        if not path.exists():  # a text file, or a folder of token files (task tokens)
+        if not (path.exists() or ("{split}" in path.name and path.parent.is_dir())):  # a file, a folder, a pattern
             raise NormbenchError(f"no such file or folder: {path}", key=where)
         data["path"] = str(path)
 

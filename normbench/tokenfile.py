@@ -1,6 +1,7 @@
 """Pre-tokenised data (``data.task: tokens``): the files peers train on, memory-mapped, never loaded.
 
-Two layouts, found in the folder ``data.path``:
+Two layouts, found in the folder ``data.path`` (or named by a pattern holding ``{split}``, such as
+``data/fineweb_{split}_*.bin`` or ``data/{split}.bin``: one file or a glob of files per split):
 
 - nanoGPT's: ``train.bin`` and ``val.bin``, raw token ids (uint16, or uint32 when the vocabulary
   needs it), with an optional ``meta.pkl`` holding ``vocab_size``;
@@ -8,7 +9,7 @@ Two layouts, found in the folder ``data.path``:
   20240520, version 1, the token count) then that many uint16 tokens.
 
 The vocabulary size comes from ``meta.pkl`` or ``data.vocab_size``. A file's digest (its part of the
-run id) hashes its size and a fixed sample of 64 blocks of 4 KiB (and the first and last), not the
+run id) hashes its size and a fixed sample of 65 blocks of 4 KiB (the first and the last among them), not the
 whole file, so that a large shard is fingerprinted in milliseconds; an edit that touches none of
 those blocks and keeps the size would go unnoticed. Torch-free: recipes are validated and run ids
 computed without torch.
@@ -81,8 +82,37 @@ def read_meta(folder: Path) -> int | None:
     return meta["vocab_size"]
 
 
+def is_shard(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return len(head) == 4 and int(np.frombuffer(head, dtype="<i4")[0]) == SHARD_MAGIC
+
+
+def pattern_splits(pattern: str, vocab_size: int | None) -> tuple[dict[str, Split], int]:
+    """``data.path`` with ``{split}``: each split's files by the glob, shards or raw ids by their header."""
+    folder, out, vocab = Path(pattern).parent, {}, read_meta(Path(pattern).parent) or vocab_size
+    for split in ("train", "val"):
+        files = sorted(folder.glob(Path(pattern.format(split=split)).name))
+        if not files:
+            raise fail(f"no {split} split: nothing matches {pattern.format(split=split)}", folder)
+        if is_shard(files[0]):
+            for f in files:
+                shard_tokens(f)
+            out[split] = Split(tuple(map(str, files)), HEADER_INTS * 4, "uint16")
+        else:
+            if vocab is None:
+                raise fail("the vocabulary size is unknown: give data.vocab_size, or a meta.pkl with vocab_size",
+                           folder)
+            out[split] = Split(tuple(map(str, files)), 0, "uint16" if vocab <= 1 << 16 else "uint32")
+    if vocab is None:
+        raise fail("the vocabulary size is unknown: give data.vocab_size (GPT-2's is 50257)", folder)
+    return out, vocab
+
+
 def find_splits(path: str, vocab_size: int | None) -> tuple[dict[str, Split], int]:
     """The train and val splits under ``path`` and the vocabulary size; one line when something is off."""
+    if "{split}" in str(path):
+        return pattern_splits(str(path), vocab_size)
     folder = Path(path)
     if not folder.is_dir():
         raise fail("expected a folder with train.bin and val.bin (nanoGPT) or *train*.bin and *val*.bin shards",
@@ -130,8 +160,12 @@ def check_ids(arrays: list[np.memmap], vocab: int, where: str) -> None:
 
 
 def digest(path: str) -> str:
-    """The folder's token files by size and a fixed sample of blocks (part of the run id)."""
-    files = sorted(p for p in Path(path).glob("*") if p.suffix in (".bin", ".pkl"))
+    """The token files by size and a fixed sample of blocks (part of the run id): the folder's, or those
+    a ``{split}`` pattern matches."""
+    if "{split}" in str(path):
+        files = sorted(p for s in ("train", "val") for p in Path(path).parent.glob(Path(path.format(split=s)).name))
+    else:
+        files = sorted(p for p in Path(path).glob("*") if p.suffix in (".bin", ".pkl"))
     return _digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 

@@ -54,7 +54,7 @@ def test_a_nanogpt_bin_written_by_numpy_trains(tmp_path):
     starts = [i for i in range(len(raw) - 16) if (raw[i:i + 16] == row).all()]
     assert starts
     s = train(cfg, threads=1)
-    assert not s["diverged"] and s["final_val_bpb"] is None and s["eval_bytes"] is None  # token files: no bytes
+    assert s["steps_done"] > 0 and s["final_val_bpb"] is None and s["eval_bytes"] is None  # token files: no bytes
     assert s["corpus"]["source"] == "tokens" and s["corpus"]["tokens"] == {"train": 5000, "val": 5000}
 
 
@@ -207,3 +207,47 @@ def test_concurrent_runs_train_the_bpe_once(tmp_path):
         done = list(pool.map(_build_bpe, [str(tmp_path)] * 2))
     assert sorted(len(d) for d in done) == [0, 1]  # exactly one of them trained
     assert len(list(tmp_path.glob("bpe-350-*.json"))) == 1 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_split_pattern_names_one_file_or_a_glob_per_split(tmp_path):
+    """data.path with {split}: a glob of shards per split, or one raw file per split."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("web_train_01.bin", "web_train_02.bin", "web_val_01.bin"):
+        shard(folder / name, rng.integers(0, 300, 2000))
+    cfg = tokens_cfg(str(folder / "web_{split}_*.bin"), vocab_size=300)
+    task = make_task(cfg.data, torch.device("cpu"))
+    assert [len(a) for a in task.arrays["train"]] == [2000, 2000] and len(task.arrays["val"]) == 1
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "val"):
+        rng.integers(0, 50, 3000).astype(np.uint16).tofile(raw / f"{split}.tokens")
+    cfg = tokens_cfg(str(raw / "{split}.tokens"), vocab_size=50)
+    s = train(cfg, threads=1)  # random ids: it trains (whether it learns anything is not the point)
+    assert s["steps_done"] > 0 and s["corpus"]["tokens"] == {"train": 3000, "val": 3000}
+    p = tmp_path / "r.yaml"  # from the command line too, relative to the current folder
+    p.write_text(yaml.safe_dump({"name": "t", "base": tiny(data={"task": "tokens", "vocab_size": 50})}))
+    from normbench.cli import app
+
+    res = runner.invoke(app, ["validate", str(p), "--set", f"data.path={raw / '{split}.tokens'}"])
+    assert res.exit_code == 0, res.output
+
+
+def test_mlm_masks_the_prose_too():
+    cfg = from_dict(tiny(data={"task": "mlm", "corpus": "prose"}))
+    task = make_task(cfg.data, torch.device("cpu"))
+    assert task.fingerprint["source"] == "python-pydoc-topics" and task.vocab[-1] == "<mask>"
+    with pytest.raises(Exception) as e:
+        from_dict(tiny(data={"corpus": "prose"}))
+    assert "data.corpus" in str(e.value)
+
+
+def test_ranking_token_runs_by_bits_per_byte_says_why_nothing_is_ranked(tmp_path):
+    import normbench
+
+    folder = nanogpt_folder(tmp_path)
+    recipe = {"name": "tok", "base": tiny(data={"task": "tokens", "path": str(folder)}, train={"steps": 4})}
+    normbench.run_recipe(recipe, out=tmp_path / "res", jobs=1)
+    c = normbench.compare_results([tmp_path / "res"], metric="final_val_bpb")
+    assert c.best is None and any("bits per byte need text" in n for n in c.notes)

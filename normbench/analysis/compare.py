@@ -425,6 +425,10 @@ def compare(paths=("results",), by: list[str] | str | None = None, metric: str =
         notes.append(LEAK_NOTE)
     if any(m in SPEED for m in metrics):
         notes.append(SPEED_NOTE)
+    if metric not in done or pd.to_numeric(done[metric], errors="coerce").isna().all():
+        why = (": bits per byte need text, and token files and the symbolic tasks carry none (their losses are "
+               "in nats per token)") if metric.endswith("_bpb") else ""
+        notes.append(f"no run has {metric}{why}; nothing is ranked by it")
     c = _build(done, crashed, by, metric, metrics, notes, sources)
     c.auto_by, c.metrics_chosen = auto_by, chosen
     c.unfiltered = everything if filters else None

@@ -13,13 +13,13 @@ from rich.table import Table
 
 from .app import app, err_console, fail, out_console, table_width
 from ..errors import NormbenchError
+from ..measures import COMPARED
 
 ByOpt = typer.Option(None, "--by", metavar="KEYS",
                      help="Comma-separated dotted keys to group by, e.g. model.norm,model.placement. "
                           "Default: every key that varies among the runs (and recipe, when several).")
-MetricOpt = typer.Option("final_val_loss", "--metric", help="Ranking metric: final_val_loss, best_val_loss, "
-                         "final_train_loss, loss_spikes, max_grad_norm, median_grad_norm, max_attn_logit, "
-                         "tokens_per_s, wall_s, max_model_update, final_val_loss_batch_stats or bn_eval_gap (BatchNorm runs).")
+MetricOpt = typer.Option("final_val_loss", "--metric", help="Ranking metric: any summary key compare aggregates "
+                         f"({', '.join(k for k, m in COMPARED.items() if not m.speed)}); docs/measurements.md.")
 FilterOpt = typer.Option(None, "--filter", metavar="KEY=VALUE",
                          help="Keep runs whose KEY equals VALUE (repeatable; VALUE may list alternatives: "
                               "model.norm=layernorm,rmsnorm). Numbers compare as numbers: train.lr=1e-3 "
