@@ -106,11 +106,13 @@ def test_bench_table_and_bad_input():
         "normbench: error: --set model.layer: unknown key (did you mean model.layers?)"
 
 
-@pytest.mark.parametrize("norm", ["layernorm", "batchnorm_masked"])
-def test_measurements_do_not_change_training(tmp_path, norm):
+@pytest.mark.parametrize("norm, task", [("layernorm", "charlm"), ("batchnorm_masked", "charlm"), ("dyt", "charlm"),
+                                        ("batchnorm", "mlm")])
+def test_measurements_do_not_change_training(tmp_path, norm, task):
     """The probes read activations and gradients (and BatchNorm's batch-statistics evaluation runs
-    a forward in train mode) but must not perturb them: same losses, bit for bit."""
-    cfg = from_dict(tiny(model={"norm": norm}, data={"variable_length": True, "min_len": 4},
+    a forward in train mode) but must not perturb them: same losses, bit for bit (DyT's saturation
+    probe and an encoder included)."""
+    cfg = from_dict(tiny(model={"norm": norm}, data={"variable_length": True, "min_len": 4, "task": task},
                          train={"steps": 10, "measure_every": 2, "eval_every": 3}))
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()
@@ -125,6 +127,7 @@ def test_measurements_do_not_change_training(tmp_path, norm):
     diagnostics = ("act_kurtosis_max", "massive_act_max", "attn_entropy_min", "attn_sink_share",
                    "token_cos_sim_last")  # the diagnostics of 2023-2026: on, and off
     assert all(k in rows["on"][0] for k in diagnostics) and not any(k in r for r in rows["off"] for k in diagnostics)
+    assert ("saturation" in rows["on"][0]) == (norm == "dyt")
     assert off["grad_norm_init_by_layer"] is None and off["max_attn_logit"] is None and on["max_attn_logit"] > 0
     if norm == "batchnorm_masked":
         assert on["bn_eval_gap"] is not None and off["bn_eval_gap"] is None

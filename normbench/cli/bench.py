@@ -93,7 +93,8 @@ def bench(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose first
 
 def print_probe_costs(res: dict) -> None:
     """Each measurement on its own: ms per measure step, and its share of step time at its rate."""
-    table = Table(title=f"each measurement on its own (one measure step in {res['measure_every']})",
+    table = Table(title=f"each measurement on its own (one measure step in {res['measure_every']}): the model's "
+                        "recordings first, shared by the probes that read them, then what each probe adds on top",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in ("measurement", "ms per measure step", "share of step time"):
         table.add_column(c, justify="left" if c == "measurement" else "right")
