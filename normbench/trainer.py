@@ -198,8 +198,10 @@ def setup(cfg: RunConfig, run_dir: Path | None, measure: bool) -> Session:
     device = resolve_device(cfg.device)
     m, t = cfg.model, cfg.train
     torch.manual_seed(cfg.seed)
-    # a BPE is trained once per corpus and kept beside the sweep's runs: RESULTS/.cache/bpe
-    task = make_task(cfg.data, device, cache=run_dir.parent.parent / ".cache" / "bpe" if run_dir else None)
+    # a BPE is trained once per corpus and kept beside the sweep's runs (RESULTS/.cache/bpe) when the run
+    # folder is a sweep's (it holds its config.yaml); elsewhere (a Ray worker's temporary folder) the user's cache
+    in_results = run_dir is not None and (run_dir / "config.yaml").exists()
+    task = make_task(cfg.data, device, cache=run_dir.parent.parent / ".cache" / "bpe" if in_results else None)
     model = Transformer(m, task.vocab_size, cfg.data.seq_len, norm_warmup=t.warmup_steps,
                         bidirectional=not task.causal).to(device)
     groups = model.param_groups(t.weight_decay)

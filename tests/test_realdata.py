@@ -152,9 +152,12 @@ def test_bpe_trains_once_per_corpus_and_is_reused(tmp_path):
     n_train = len(text) - int(len(text) * cfg.data.val_fraction)
     assert int(task.token_bytes[task.splits["val"]].sum()) == len(text[n_train:].encode("utf-8"))
     # a sweep trains it beside its runs: RESULTS/.cache/bpe
+    from normbench.sweep import store
+
     run_dir = tmp_path / "res" / "r" / "run"
-    run_dir.mkdir(parents=True)
-    s = train(from_dict(tiny(data={"task": "prose", "tokenizer": "bpe", "vocab_size": 400})), run_dir, threads=1)
+    cfg = from_dict(tiny(data={"task": "prose", "tokenizer": "bpe", "vocab_size": 400}))
+    store.prepare(run_dir, {"name": "r", "base": cfg.to_dict()})  # a sweep's run folder holds its config
+    s = train(cfg, run_dir, threads=1)
     assert s["corpus"]["tokenizer"] == "bpe" and list((tmp_path / "res" / ".cache" / "bpe").glob("*.json"))
     assert s["final_val_bpb"] < s["final_val_loss"] / math.log(2)  # more than one byte per BPE token
 
