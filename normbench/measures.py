@@ -64,6 +64,7 @@ class Series:
     log: bool = False  # a log y axis (geometric means)
     smoothed: bool = False  # a running mean (every-step series)
     extra: bool = False  # drawn only where a claim of the recipe uses its measurement (the diagnostics)
+    share: bool = False  # a share in [0, 1]: its band over seeds is clipped there
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "weight on the first position, averaged over real queries, exceeds 0.3", (
         Metric("attn_sink_share", "at the last measure step", "sink share"),
     ), (Series("attn_sink_share", "the sink share", "attention sinks (share of heads with mean weight > 0.3 on "
-               "position 0)", "share of heads", extra=True),), probe=True),
+               "position 0)", "share of heads", extra=True, share=True),), probe=True),
     Measurement("rank collapse", "measure", "Noci et al. 2022: per block, the mean cosine similarity of the "
                 "tokens of a sequence over pairs of distinct real tokens, on the first 4 sequences", (
         Metric("token_cos_sim_by_layer_init", "per block, at the first measure step (initialisation)", listed=True),
@@ -246,7 +247,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "|αx + s| > 1.517 for erf), averaged over the norms; null for other norms", (
         Metric("saturation_share", "at the last measure step", "saturation"),
     ), (Series("saturation", "the saturation share", "saturation of DyT/Derf (share in the flat region)",
-               "share", extra=True),), probe=True),
+               "share", extra=True, share=True),), probe=True),
     Measurement("model update", "measure", "Wang et al. 2022's ‖F(x, θ_t) − F(x, θ_0)‖: the RMS change of the "
                 "logits, eval mode, on the first 8 validation sequences", (
         Metric("max_model_update", "the largest model update over training", "max update", on_diverged=True,

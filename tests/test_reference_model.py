@@ -79,6 +79,28 @@ class MinimalGPT(torch.nn.Module):
         return x @ self.w("tok.weight").T
 
 
+
+def reference_losses(ref, task, seed: int, batch_size: int) -> list[float]:
+    """The reference's per-step training losses: the same batches as train() (the run's seed), its
+    loss by log-softmax over the targets that count, torch's plain AdamW over the same two groups."""
+    decay = [p for p in ref.parameters() if p.dim() >= 2]
+    rest = [p for p in ref.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=3e-3, betas=(0.9, 0.95), foreach=False, fused=False)
+    gen = task.generator(seed)
+    losses = []
+    for _ in range(STEPS):
+        x, y, mask = task.batch("train", batch_size, gen)
+        logp = torch.log_softmax(ref(x, mask), dim=-1)
+        keep = y != IGNORE
+        loss = -logp[keep].gather(-1, y[keep][:, None]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.parametrize("placement,embed_scale", [("pre", "sqrt_d"), ("post", "sqrt_d"), ("post", "none")])
 def test_normbench_trains_exactly_like_an_independent_minimal_gpt(placement, embed_scale, tmp_path):
     raw = {"model": {"layers": 2, "d_model": 32, "heads": 2, "d_ff": 64, "norm": "layernorm",
@@ -100,21 +122,7 @@ def test_normbench_trains_exactly_like_an_independent_minimal_gpt(placement, emb
     params = {k: v for k, v in nb.state_dict().items() if k != "head.weight"}  # tied to tok.weight
     scale = math.sqrt(32) if embed_scale == "sqrt_d" else 1.0
     ref = MinimalGPT(params, 2, 2, placement, scale)
-    decay = [p for p in ref.parameters() if p.dim() >= 2]
-    rest = [p for p in ref.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=3e-3, betas=(0.9, 0.95), foreach=False, fused=False)
-    gen = task.generator(cfg.seed)
-    theirs = []
-    for _ in range(STEPS):
-        x, y, _ = task.batch("train", 4, gen)
-        logp = torch.log_softmax(ref(x), dim=-1)
-        keep = y != IGNORE
-        loss = -logp[keep].gather(-1, y[keep][:, None]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        theirs.append(loss.item())
+    theirs = reference_losses(ref, task, cfg.seed, batch_size=4)
     assert theirs[0] == pytest.approx(ours[0], abs=1e-5)  # the same function at init
     assert theirs == pytest.approx(ours, abs=2e-4)  # and the same training, step by step
     assert theirs[-1] < theirs[0] - 0.5  # it learned: the comparison is not between two flat lines
@@ -141,21 +149,7 @@ def test_the_encoder_trains_exactly_like_an_independent_minimal_encoder(placemen
     nb = Transformer(cfg.model, task.vocab_size, cfg.data.seq_len, bidirectional=True)
     params = {k: v for k, v in nb.state_dict().items() if k != "head.weight"}
     ref = MinimalGPT(params, 2, 2, placement, math.sqrt(32), causal=False)
-    decay = [p for p in ref.parameters() if p.dim() >= 2]
-    rest = [p for p in ref.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=3e-3, betas=(0.9, 0.95), foreach=False, fused=False)
-    gen = task.generator(cfg.seed)
-    theirs = []
-    for _ in range(STEPS):
-        x, y, mask = task.batch("train", 8, gen)
-        logp = torch.log_softmax(ref(x, mask), dim=-1)
-        keep = y != IGNORE
-        loss = -logp[keep].gather(-1, y[keep][:, None]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        theirs.append(loss.item())
+    theirs = reference_losses(ref, task, cfg.seed, batch_size=8)
     assert theirs[0] == pytest.approx(ours[0], abs=1e-5)
     assert theirs == pytest.approx(ours, abs=2e-4)
     assert theirs[-1] < theirs[0] - 0.5

@@ -241,6 +241,8 @@ def _draw_groups(c: Comparison, palette: Palette, frame, axes, panels, window: i
             if p.smoothed:
                 wide = wide.apply(lambda col: _smooth(col.to_numpy(), window, p.log))
             mean, lo, hi = _band(wide, p.log)
+            if p.share:  # mean ± std may pass the bounds of a share
+                lo, hi = lo.clip(0.0, 1.0), hi.clip(0.0, 1.0)
             if per_seed:  # each seed thin, under the mean
                 for col in wide.columns:
                     ax.plot(wide.index, wide[col], color=color, ls=ls, lw=0.5, alpha=0.5)

@@ -198,6 +198,8 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
 
 def ray_shorthands(address=None, cpus_per_run=1.0, gpus_per_run=0.0, retries=0) -> dict:
     """The Ray options given as ``run_recipe``'s (and the CLI's) own keywords, those not at their default."""
+    from .ray_executor import RayExecutor
+
     given = {"address": address, "cpus_per_run": cpus_per_run, "gpus_per_run": gpus_per_run, "retries": retries}
-    defaults = {"address": None, "cpus_per_run": 1, "gpus_per_run": 0, "retries": 0}
+    defaults = {o.name: o.default for o in RayExecutor.OPTIONS}  # the one place Ray's defaults are declared
     return {k: v for k, v in given.items() if v != defaults[k]}
