@@ -22,7 +22,8 @@ from .dotted import suggest
 from .errors import NormbenchError, Problems
 
 QKNorm = Literal["layernorm", "layernorm_nobias", "rmsnorm", "scalenorm", "dyt", "dyt_nobias", "derf"]
-Placement = Literal["pre", "post", "sandwich", "deepnorm", "mixln", "lns", "outnorm", "subln"]
+Placement = Literal["pre", "post", "sandwich", "deepnorm", "mixln", "lns", "outnorm", "subln", "hybridnorm", "ngpt"]
+Init = Literal["xavier", "gpt2", "torch", "depth_scaled", "admin", "tfixup"]
 Task = Literal["charlm", "text", "copy", "reverse", "mlm", "prose", "tokens"]
 Tokenizer = Literal["char", "byte", "bpe"]
 
@@ -68,14 +69,43 @@ class ModelConfig:
     embed_std: Optional[float] = opt(
         None, "std of the N(0, std) init of the token and position embeddings; null: the convention's own, "
         "0.02 with embed_scale none (GPT-2), d_model^-1/2 otherwise (fairseq)", min=0.0, min_open=True)
-    init: Literal["xavier", "gpt2", "torch"] = opt(
+    init: Init = opt(
         "torch", "linear-weight init: xavier (Xavier-normal, zero biases; fairseq, DeepNet), gpt2 (N(0,0.02), "
-        "residual projections scaled by 1/sqrt(2N), zero biases) or torch (PyTorch's nn.Linear default: "
-        "uniform, std 1/sqrt(3*fan_in), biases too)")
+        "residual projections scaled by 1/sqrt(2N), zero biases), torch (PyTorch's nn.Linear default: "
+        "uniform, std 1/sqrt(3*fan_in), biases too), depth_scaled (torchtitan: N(0,0.02), the residual "
+        "projections of block l N(0, 0.02/sqrt(2(l+1)))), admin (Liu et al. 2020, placement post: the "
+        "residual x*omega_i + F_i(x) with omega_i = sqrt(Var x_0 + sum_{j<i} Var F_j) from one profiling "
+        "forward at initialisation) or tfixup (Huang et al. 2020, model.norm none: Xavier, embeddings "
+        "N(0, d^-1/2), v, output, MLP and embedding weights times (9N)^-1/4)")
     head_std: Optional[float] = opt(
         None, "std of the N(0, std) init of an untied LM head; null: d_model^-1/2 (fairseq's output "
         "projection); ignored when tie_embeddings is true", min=0.0, min_open=True)
     norm_eps: float = opt(1e-5, "epsilon of every norm", min=0.0, min_open=True)
+    softcap_attn: Optional[float] = opt(
+        None, "attention-logit soft-cap c (Gemma 2: 50): each logit s becomes c*tanh(s/c); null is off",
+        min=0.0, min_open=True)
+    softcap_output: Optional[float] = opt(
+        None, "output-logit soft-cap c (Gemma 2: 30): each logit z becomes c*tanh(z/c); null is off",
+        min=0.0, min_open=True)
+    residual_gate: Literal["none", "rezero", "layerscale"] = opt(
+        "none", "a gate on each residual branch, x + a*F(x): rezero (Bachlechner et al. 2020: a scalar a "
+        "initialised to 0) or layerscale (Touvron et al. 2021, CaiT: a per-channel a initialised to "
+        "model.layerscale_init)")
+    layerscale_init: float = opt(0.1, "residual_gate layerscale: the initial value of a (CaiT: 0.1 up to 18 "
+                                      "blocks, 1e-5 deeper); ignored otherwise", min=0.0, min_open=True)
+    norm_affine: Literal["full", "none", "scalar"] = opt(
+        "full", "the norms' gain: full (per channel, each norm's own), none (weightless: no gain and no bias, "
+        "modded-nanogpt's F.rms_norm) or scalar (one gain per norm, outlier-safe pre-training's "
+        "single-scale norm; a bias stays per channel)")
+    norm_unit_offset: bool = opt(False, "store each norm gain as its offset from its initial value, "
+                                        "gamma = gamma_0 + theta with theta initialised to 0 (x-transformers, "
+                                        "Qwen3-Next's zero-centred norm): weight decay then pulls gamma to "
+                                        "gamma_0 (1), not to 0")
+    v_norm: bool = opt(False, "normalise the values too, with qk_norm's norm and scope (needs qk_norm)")
+    attn_gate: bool = opt(False, "gated attention (Qiu et al. 2025, Qwen3-Next): each head's output times "
+                                 "sigmoid(x W_g), one gate per head from the attention's input x")
+    attn_sinks: bool = opt(False, "learned attention sinks (gpt-oss): one logit per head, initialised to 0, "
+                                  "in every softmax's denominator")
     dyt_alpha: float = opt(1.0, "initial alpha of DyT in the norms in front of (or after) attention; 1.0 is the "
                                 "DyT paper's LLM setting for widths up to 1024 (0.5 for its non-LLM models)",
                            min=0.0, min_open=True)
@@ -123,6 +153,12 @@ class TrainConfig:
     beta1: float = opt(0.9, "AdamW beta1", min=0.0, max=1.0, max_open=True)
     beta2: float = opt(0.95, "AdamW beta2", min=0.0, max=1.0, max_open=True)
     grad_clip: float = opt(0.0, "clip the global gradient norm to this; 0 means off", min=0.0)
+    norm_weight_decay: float = opt(0.0, "AdamW weight decay on the norms' gains (stored offsets with "
+                                        "model.norm_unit_offset); 0 is off", min=0.0)
+    qk_clip: Optional[float] = opt(
+        None, "QK-Clip threshold tau (Kimi K2): after each optimizer step, every head whose largest "
+        "q.k/sqrt(d_head) in the step exceeded tau has its W_q and W_k rows (and biases) scaled by "
+        "sqrt(tau/S_max); null is off", min=0.0, min_open=True)
     z_loss: float = opt(0.0, "z-loss coefficient on log^2(Z) of the output logits (Wortsman et al.); 0 is off",
                         min=0.0)
     precision: Literal["fp32", "bf16", "auto"] = opt("fp32", "fp32; bf16 autocast; or auto: bf16 on a CUDA GPU "
@@ -188,7 +224,12 @@ class RunConfig:
 # keys added after run ids were first published (0.3.0), with their defaults: they enter the run id
 # only when set away from the default, so adding a key never orphans earlier results
 LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_norm_scope": "head",
-              "data.mask_rate": 0.15, "data.tokenizer": "char", "data.vocab_size": None, "data.corpus": "code"}
+              "data.mask_rate": 0.15, "data.tokenizer": "char", "data.vocab_size": None, "data.corpus": "code",
+              # 0.7.0: the interventions
+              "model.softcap_attn": None, "model.softcap_output": None, "model.residual_gate": "none",
+              "model.layerscale_init": 0.1, "model.norm_affine": "full", "model.norm_unit_offset": False,
+              "model.v_norm": False, "model.attn_gate": False, "model.attn_sinks": False,
+              "train.norm_weight_decay": 0.0, "train.qk_clip": None}
 
 # keys that were removed, with what replaced them (one clear line instead of "unknown key")
 REMOVED_KEYS = {"train.eval_batches": "removed in 0.5.0: the validation set is now fixed in tokens, whatever the "
@@ -329,6 +370,8 @@ def from_dict(raw: Any) -> RunConfig:
         unused["mixln_ratio"] = _fields(ModelConfig)["mixln_ratio"].default
     if m.tie_embeddings:
         unused["head_std"] = None
+    if m.residual_gate != "layerscale":
+        unused["layerscale_init"] = _fields(ModelConfig)["layerscale_init"].default
     if not (m.norm.startswith("dyt") or (m.qk_norm and m.qk_norm_type.startswith("dyt"))):
         unused["dyt_alpha"], unused["dyt_alpha_ffn"] = _fields(ModelConfig)["dyt_alpha"].default, None
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **unused))
@@ -355,8 +398,60 @@ def check(cfg: RunConfig) -> None:
             "same model as placement pre with norm none); pick a norm, or placement pre", key="model.norm"))
     if m.embed_norm and m.norm == "none":
         problems.add(NormbenchError("model.embed_norm=true needs a norm (model.norm is none)", key="model.embed_norm"))
+    check_interventions(cfg, problems)
     check_data(d, problems)
     problems.raise_any()
+
+
+def check_interventions(cfg: RunConfig, problems: Problems) -> None:
+    """The rules of the interventions (docs/interventions.md): each refusal names what would make sense."""
+    m, t = cfg.model, cfg.train
+
+    def refuse(key: str, text: str) -> None:
+        problems.add(NormbenchError(text, key=key))
+
+    if m.init == "admin" and m.placement != "post":
+        refuse("model.init", f"model.init=admin sets Post-LN's residual scales omega (Liu et al. 2020); it needs "
+                             f"model.placement=post (got {m.placement})")
+    if m.init == "tfixup" and (m.norm != "none" or m.qk_norm):
+        refuse("model.init", "model.init=tfixup replaces the norms (Huang et al. 2020); set model.norm: none and "
+                             "model.qk_norm: false")
+    if m.placement == "ngpt":
+        wrong = [(k, v, want) for k, v, want in (
+            ("model.norm", m.norm, "none"), ("model.bias", m.bias, False), ("model.qk_norm", m.qk_norm, False),
+            ("model.embed_norm", m.embed_norm, False), ("model.residual_gate", m.residual_gate, "none"),
+            ("train.weight_decay", t.weight_decay, 0.0)) if v != want]
+        for k, v, want in wrong:
+            refuse(k, f"model.placement=ngpt normalises hidden states, queries, keys and weights itself, without "
+                      f"biases or weight decay (Loshchilov et al. 2024): set {k}: {str(want).lower()} (got "
+                      f"{str(v).lower()})")
+        if m.init in ("admin", "tfixup"):
+            refuse("model.init", f"model.init={m.init} scales weights that model.placement=ngpt puts back on the "
+                                 "unit sphere; use xavier, gpt2, torch or depth_scaled")
+    if m.placement == "hybridnorm" and (m.qk_norm or m.v_norm):
+        refuse("model.qk_norm", "model.placement=hybridnorm already normalises q, k and v with model.norm; leave "
+                                "model.qk_norm and model.v_norm false")
+    if m.v_norm and not m.qk_norm:
+        refuse("model.v_norm", "model.v_norm normalises values beside qk-norm, with its norm; set model.qk_norm: "
+                               "true (or placement hybridnorm)")
+    if t.qk_clip is not None and (m.qk_norm or m.placement in ("hybridnorm", "ngpt")):
+        refuse("train.qk_clip", "train.qk_clip rescales W_q and W_k, which normalised queries and keys undo (the "
+                                "logits would not move); use it without qk-norm (qk_norm false, placement not "
+                                "hybridnorm or ngpt)")
+    if m.norm_affine == "none" and m.norm_unit_offset:
+        refuse("model.norm_unit_offset", "model.norm_affine=none leaves no gain to offset")
+    if m.norm_affine == "none" and t.norm_weight_decay > 0:
+        refuse("train.norm_weight_decay", "model.norm_affine=none leaves no gain to decay")
+    has_norm = m.norm != "none" or m.qk_norm
+    if not has_norm and (m.norm_affine != "full" or m.norm_unit_offset or t.norm_weight_decay > 0):
+        key = "model.norm_affine" if m.norm_affine != "full" else \
+            "model.norm_unit_offset" if m.norm_unit_offset else "train.norm_weight_decay"
+        refuse(key, f"{key} shapes the norms' gains, and this model has none (model.norm none, no qk-norm)")
+    from .registry import plugin_of
+
+    if plugin_of(m.norm) is not None and (m.norm_affine != "full" or m.norm_unit_offset or t.norm_weight_decay):
+        refuse("model.norm_affine", f"a plugin norm ({m.norm}) keeps its own parameters: model.norm_affine, "
+                                    "model.norm_unit_offset and train.norm_weight_decay apply to built-in norms")
 
 
 

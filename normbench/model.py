@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import DIAG_SEQS, Attention, softcap
 from .config import ModelConfig
-from .norms import Identity, make_norm
+from .inits import init_weights
+from .ngpt import L2Norm, NGPTBlock, Scale, sphere_project
+from .norms import NORMS, Identity, make_norm
+from .residual import make_gate, make_skip
 
 # placement -> (norm before F, norm after F, norm after the residual add) in a block
 SLOTS = {
@@ -28,13 +32,21 @@ SLOTS = {
     "outnorm": (False, True, False),
     "subln": (True, False, False),
 }
+# placements whose attention and MLP fill different slots: (attention's, the MLP's)
+SPLIT_SLOTS = {"hybridnorm": ((False, False, False), (False, False, True))}  # QKV-norm inside attention
+BLOCKS = {"ngpt": NGPTBlock}  # placements that are a block of their own, not norm slots
 
 
-def block_slots(cfg: ModelConfig, layer: int) -> tuple[bool, bool, bool]:
-    """The filled slots of block ``layer`` (0-based); Mix-LN's first floor(ratio*N) blocks are Post-LN."""
+def block_slots(cfg: ModelConfig, layer: int) -> tuple[tuple, tuple]:
+    """The filled slots of block ``layer`` (0-based), attention's and the MLP's; Mix-LN's first
+    floor(ratio*N) blocks are Post-LN."""
+    if cfg.placement in SPLIT_SLOTS:
+        return SPLIT_SLOTS[cfg.placement]
     if cfg.placement == "mixln":
-        return SLOTS["post" if layer < mixln_post_blocks(cfg) else "pre"]
-    return SLOTS[cfg.placement]
+        slots = SLOTS["post" if layer < mixln_post_blocks(cfg) else "pre"]
+    else:
+        slots = SLOTS[cfg.placement]
+    return slots, slots
 
 
 def mixln_post_blocks(cfg: ModelConfig) -> int:
@@ -45,7 +57,9 @@ def has_final_norm(cfg: ModelConfig) -> bool:
     """A final norm wherever the last block leaves its residual stream unnormalised."""
     if cfg.placement == "mixln":
         return mixln_post_blocks(cfg) < cfg.layers
-    return not SLOTS[cfg.placement][2]
+    if cfg.placement in BLOCKS:
+        return False  # nGPT's blocks end on the unit sphere
+    return not block_slots(cfg, cfg.layers - 1)[1][2]
 
 
 def subln_gain(layers: int) -> float:
@@ -56,66 +70,6 @@ def subln_gain(layers: int) -> float:
 def deepnorm_constants(layers: int) -> tuple[float, float]:
     """DeepNet (Wang et al. 2022), decoder-only with N layers: alpha=(2N)^(1/4), beta=(8N)^(-1/4)."""
     return (2 * layers) ** 0.25, (8 * layers) ** -0.25
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, inner: nn.Module):
-        super().__init__()
-        self.heads, self.d_head = cfg.heads, cfg.d_model // cfg.heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.full_qk = cfg.qk_norm_scope == "full"  # OLMo 2: over the whole projection, before the heads split
-        width = cfg.d_model if self.full_qk else self.d_head
-        qk = (lambda: make_norm(cfg.qk_norm_type, width, cfg.norm_eps, cfg.dyt_alpha)) if cfg.qk_norm else Identity
-        self.q_norm, self.k_norm = qk(), qk()
-        self.inner = inner  # SubLN: a norm before the output projection
-        self.dropout = cfg.dropout
-        self.causal = True  # False in an encoder (task mlm): every position attends to every real one
-        self.measure = False  # when set, the next forward records its per-head statistics (attention_stats)
-        self.stats: torch.Tensor | None = None  # (H, 3): largest |logit|, entropy, weight on position 0
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, mask: torch.Tensor | None = None):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, d)
-        if self.full_qk:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.view(B, T, self.heads, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
-        if not self.full_qk:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.measure:
-            self.stats = attention_stats(q, k, attn_mask, mask, self.causal)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, dh)
-        return self.proj(self.inner(y.transpose(1, 2).reshape(B, T, C), mask))
-
-
-DIAG_SEQS = 4  # sequences the costlier diagnostics use (massive activations, token similarity)
-
-
-@torch.no_grad()
-def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None,
-                    mask: torch.Tensor | None, causal: bool = True) -> torch.Tensor:
-    """Per head (H, 3): the largest |q.k|/sqrt(d_head) over the (query, key) pairs attention may use;
-    the entropy of the attention weights over the allowed keys, averaged over real queries (Zhai et
-    al. 2023's entropy collapse, in nats); the weight on the first position, averaged over real
-    queries (Gu et al. 2025's attention sink). The last two on the first DIAG_SEQS sequences."""
-    B, H, T, dh = q.shape
-    scale = dh ** -0.5
-    s = q.float() @ k.float().transpose(-2, -1)  # (B, H, T, T), unscaled
-    allowed = attn_mask if attn_mask is not None else torch.ones(T, T, dtype=torch.bool, device=q.device)
-    if attn_mask is None and causal:
-        allowed = allowed.tril_()
-    # entropy and sinks on the first DIAG_SEQS sequences: a softmax over every score would double the cost
-    b = min(B, DIAG_SEQS)
-    sub = s[:b] * scale
-    p = torch.softmax(sub.masked_fill_(~(allowed if allowed.dim() == 2 else allowed[:b]), -math.inf), dim=-1)
-    w = (torch.ones(b, T, device=q.device) if mask is None else mask[:b].float())[:, None, :]  # real queries
-    entropy = (torch.special.entr(p).sum(-1) * w).sum((0, 2)) / w.sum((0, 2))  # (H,)
-    sink = (p[..., 0] * w).sum((0, 2)) / w.sum((0, 2))  # (H,)
-    # |s| peaks at max(hi, -lo), and masked pairs set to 0 cannot win: no abs() pass over the scores
-    s = s.masked_fill_(~allowed, 0.0)
-    logit = torch.maximum(s.amax(dim=(0, 2, 3)), -s.amin(dim=(0, 2, 3))) * scale  # (H,)
-    return torch.stack([logit, entropy, sink], dim=1)
 
 
 @torch.no_grad()
@@ -184,7 +138,8 @@ def norm_maker(cfg: ModelConfig, norm_warmup: int = 0):
     """``norm(alpha, width=d_model)``: model.norm over ``width``, with DyT's initial alpha and
     PowerNorm's groups (one per head) and warmup."""
     def norm(alpha: float, width: int = cfg.d_model) -> nn.Module:
-        return make_norm(cfg.norm, width, cfg.norm_eps, alpha, heads=cfg.heads, warmup=norm_warmup)
+        return make_norm(cfg.norm, width, cfg.norm_eps, alpha, heads=cfg.heads, warmup=norm_warmup,
+                         affine=cfg.norm_affine, unit_offset=cfg.norm_unit_offset)
     return norm
 
 
@@ -192,10 +147,11 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0, norm_warmup: int = 0):
         super().__init__()
         norm = norm_maker(cfg, norm_warmup)
-        before, after_branch, after_add = block_slots(cfg, layer)
+        attn_slots, mlp_slots = block_slots(cfg, layer)
         scale = 1 / math.sqrt(layer + 1) if cfg.placement == "lns" else 1.0  # LNS: 1/sqrt(l), l 1-based
 
-        def slots(alpha):
+        def slots(alpha, filled):
+            before, after_branch, after_add = filled
             first = norm(alpha) if before else Identity()
             return nn.ModuleList([Scaled(first, scale) if scale != 1.0 else first,
                                   norm(alpha) if after_branch else Identity(), norm(alpha) if after_add else Identity()])
@@ -204,18 +160,24 @@ class Block(nn.Module):
         subln = cfg.placement == "subln"
         self.attn = Attention(cfg, norm(attn_alpha) if subln else Identity())
         self.mlp = MLP(cfg, norm(ffn_alpha, cfg.d_ff) if subln else Identity())
-        self.attn_norms, self.mlp_norms = slots(attn_alpha), slots(ffn_alpha)
+        self.attn_norms, self.mlp_norms = slots(attn_alpha, attn_slots), slots(ffn_alpha, mlp_slots)
         self.alpha = deepnorm_constants(cfg.layers)[0] if cfg.placement == "deepnorm" else 1.0
+        self.attn_skip, self.mlp_skip = make_skip(cfg, self.alpha), make_skip(cfg, self.alpha)  # DeepNorm, Admin
+        self.attn_gate, self.mlp_gate = make_gate(cfg), make_gate(cfg)  # ReZero, LayerScale
         self.drop = nn.Dropout(cfg.dropout)
+        self.profile: list | None = None  # Admin's profiling pass collects each branch's variance here
 
     def forward(self, x, mask, attn_mask):  # x (B, T, d); mask (B, T) or None
-        x = self.residual(x, lambda h, m: self.attn(h, attn_mask, m), self.attn_norms, mask)
-        return self.residual(x, self.mlp, self.mlp_norms, mask)
+        x = self.residual(x, lambda h, m: self.attn(h, attn_mask, m), self.attn_norms, self.attn_skip,
+                          self.attn_gate, mask)
+        return self.residual(x, self.mlp, self.mlp_norms, self.mlp_skip, self.mlp_gate, mask)
 
-    def residual(self, x, f, norms, mask):
+    def residual(self, x, f, norms, skip, gate, mask):
         before, after_branch, after_add = norms
         h = after_branch(self.drop(f(before(x, mask), mask)), mask)
-        return after_add((x if self.alpha == 1.0 else self.alpha * x) + h, mask)
+        if self.profile is not None:
+            self.profile.append((h if mask is None else h[mask]).float().var())
+        return after_add(skip(x) + gate(h), mask)
 
 
 class Transformer(nn.Module):
@@ -233,8 +195,11 @@ class Transformer(nn.Module):
         self.embed_scale = nn.Parameter(torch.tensor(scale)) if cfg.embed_scale == "learned" else scale
         self.drop = nn.Dropout(cfg.dropout)
         norm = norm_maker(cfg, norm_warmup)
-        self.embed_norm = norm(dyt_alphas(cfg)[0]) if cfg.embed_norm else Identity()  # BLOOM
-        self.blocks = nn.ModuleList([Block(cfg, i, norm_warmup) for i in range(cfg.layers)])
+        ngpt = cfg.placement == "ngpt"
+        # BLOOM's embedding norm; nGPT's h_0 on the unit sphere
+        self.embed_norm = L2Norm() if ngpt else norm(dyt_alphas(cfg)[0]) if cfg.embed_norm else Identity()
+        block = BLOCKS.get(cfg.placement, Block)
+        self.blocks = nn.ModuleList([block(cfg, i, norm_warmup) for i in range(cfg.layers)])
         self.bidirectional = bidirectional  # an encoder (task mlm): attention sees both ways
         for b in self.blocks:
             b.attn.causal = not bidirectional
@@ -242,41 +207,15 @@ class Transformer(nn.Module):
         self.measure_resid = False  # when set, the next forward records the residual stream per block
         self.resid_stats: list[torch.Tensor] = []  # per block, (4,): residual_stats
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.logit_scale = Scale(vocab_size, 1.0, cfg.d_model ** -0.5) if ngpt else None  # nGPT's s_z
         self.register_buffer("causal", torch.ones(seq_len, seq_len, dtype=torch.bool).tril_(), persistent=False)
-        self._init_weights()
-        if cfg.tie_embeddings:
-            self.head.weight = self.tok.weight
-
-    def _init_weights(self):
-        """The conventions of docs/conventions.md "Training conventions: embeddings and init": embeddings N(0, embed_std), the linear
-        weights by ``cfg.init``, an untied head N(0, head_std), then DeepNet's beta."""
-        cfg, d = self.cfg, self.cfg.d_model
-        embed_std = cfg.embed_std or (0.02 if cfg.embed_scale == "none" else d ** -0.5)
-        for emb in (self.tok, self.pos):
-            nn.init.normal_(emb.weight, std=embed_std)
-        nn.init.normal_(self.head.weight, std=cfg.head_std or d ** -0.5)
         beta = deepnorm_constants(cfg.layers)[1] if cfg.placement == "deepnorm" else \
             subln_gain(cfg.layers) if cfg.placement == "subln" else 1.0
-        for block in self.blocks:
-            a, m = block.attn, block.mlp
-            with torch.no_grad():
-                for lin in (a.qkv, a.proj, m.fc1, m.fc2):
-                    if cfg.init == "torch":
-                        lin.reset_parameters()  # uniform, std 1/sqrt(3 fan_in); qkv's fan_in is d as for q, k, v
-                    elif lin.bias is not None:
-                        nn.init.zeros_(lin.bias)
-                q, k, v = a.qkv.weight.view(3, d, d).unbind(0)  # init as three d x d projections
-                if cfg.init == "xavier":
-                    for w in (q, k, v, a.proj.weight, m.fc1.weight, m.fc2.weight):
-                        nn.init.xavier_normal_(w)
-                elif cfg.init == "gpt2":  # residual projections scaled by 1/sqrt(2N)
-                    for w in (q, k, v, m.fc1.weight):
-                        nn.init.normal_(w, std=0.02)
-                    for w in (a.proj.weight, m.fc2.weight):
-                        nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.layers))
-                # DeepNet scales the FFN, value and output projections by beta; Magneto by sqrt(ln 2N)
-                for w in (v, a.proj.weight, m.fc1.weight, m.fc2.weight):
-                    w.mul_(beta)
+        init_weights(self, beta)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok.weight
+        if ngpt:
+            sphere_project(self)
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids; mask (B, T) True on real tokens, None when nothing is padded."""
@@ -287,13 +226,22 @@ class Transformer(nn.Module):
             attn_mask = mask[:, None, None, :]  # (B, 1, 1, T): every real key, from every query
         else:
             attn_mask = self.causal[:T, :T] & mask[:, None, None, :]  # (B, 1, T, T)
-        x = self.embed_norm(self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T]), mask)  # (B, T, d)
+        x = self.embed_output(idx, mask)  # (B, T, d)
         self.resid_stats = []
         for block in self.blocks:
             x = block(x, mask, attn_mask)
             if self.measure_resid:
                 self.resid_stats.append(residual_stats(x, mask))
-        return self.head(self.final_norm(x, mask))  # (B, T, vocab)
+        z = self.head(self.final_norm(x, mask))  # (B, T, vocab)
+        if self.logit_scale is not None:
+            z = z * self.logit_scale()
+        return softcap(z, self.cfg.softcap_output)
+
+    def embed_output(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x_0, what the first block receives: the scaled token embedding plus the position's, normed
+        where the model has an embedding norm."""
+        T = idx.shape[1]
+        return self.embed_norm(self.drop(self.embed_scale * self.tok(idx) + self.pos.weight[:T]), mask)
 
     # --- hooks for the stability measurements ---
     def ffn_weights(self) -> list[list[nn.Parameter]]:
@@ -358,8 +306,20 @@ class Transformer(nn.Module):
     def attention_logit_max(self) -> torch.Tensor:
         return self.attention_stats()[..., 0].amax()
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay on matrices and embeddings, never on norms, biases or scalars."""
+    def norm_gains(self) -> list[nn.Parameter]:
+        """The stored gains of every built-in norm (block, embedding, final and qk-norms)."""
+        from .affine import stored_gain
+
+        norms = tuple(c for c in NORMS.values() if c is not Identity)
+        return [g for m in self.modules() if isinstance(m, norms) and (g := stored_gain(m)) is not None]
+
+    def param_groups(self, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict]:
+        """AdamW groups: decay on matrices and embeddings; on the norms' (stored) gains only at
+        ``norm_weight_decay`` (a third group, when it is set); never on biases or other scalars."""
         params = list(dict.fromkeys(self.parameters()))  # tied weights once
-        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        gains = {id(g) for g in self.norm_gains()} if norm_weight_decay else set()
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2 and id(p) not in gains], "weight_decay": 0.0}]
+        if gains:
+            groups.append({"params": [p for p in params if id(p) in gains], "weight_decay": norm_weight_decay})
+        return groups

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from .affine import shape_affine
+
 
 class LayerNorm(nn.LayerNorm):
     def __init__(self, d: int, eps: float, **_):
@@ -307,11 +309,12 @@ NORMS: dict[str, type[nn.Module]] = {
 
 
 def make_norm(name: str, d: int, eps: float = 1e-5, dyt_alpha: float = 1.0, heads: int = 1,
-              warmup: int = 0) -> nn.Module:
+              warmup: int = 0, affine: str = "full", unit_offset: bool = False) -> nn.Module:
     """A norm over the last dimension d: a built-in one, or one registered by a plugin (registry.py).
-    ``heads``: PowerNorm's channel groups; ``warmup``: PowerNorm's steps of batch statistics."""
+    ``heads``: PowerNorm's channel groups; ``warmup``: PowerNorm's steps of batch statistics;
+    ``affine`` and ``unit_offset``: how its gain is stored (affine.py)."""
     if name in NORMS:
-        return NORMS[name](d, eps=eps, alpha=dyt_alpha, heads=heads, warmup=warmup)
+        return shape_affine(NORMS[name](d, eps=eps, alpha=dyt_alpha, heads=heads, warmup=warmup), affine, unit_offset)
     from .registry import factory_of
 
     factory = factory_of(name)

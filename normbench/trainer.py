@@ -24,13 +24,16 @@ from .config import RunConfig, TrainConfig
 from .data import IGNORE, make_task
 from .errors import NormbenchError
 from .evalset import mean_loss, validation_set
+from .inits import profile_admin
 from .model import Transformer
+from .poststep import PostStep, make_post_step
 from .probes import Run, Step, log_value, make_probes
 from .summary import StepRecord, Trace, summarize
 
 # a step is synchronised with the host (losses read, divergence checked) every
 # SYNC_EVERY steps: every step on CPU, where reading is free, less often on GPU
 SYNC_EVERY = {"cpu": 1, "cuda": 16}
+ADMIN_SEED = 7_919  # added to the run's seed for Admin's profiling batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,6 +190,7 @@ class Session:
     probes: dict  # when -> [Probe] (probes.make_probes)
     stab: Stability
     log: MetricsLog
+    post_step: list[PostStep] = field(default_factory=list)  # QK-Clip, nGPT's projection (poststep.py)
     trace: Trace = field(default_factory=Trace)
     tokens: int = 0
     eval_s: float = 0.0
@@ -204,7 +208,13 @@ def setup(cfg: RunConfig, run_dir: Path | None, measure: bool) -> Session:
     task = make_task(cfg.data, device, cache=run_dir.parent.parent / ".cache" / "bpe" if in_results else None)
     model = Transformer(m, task.vocab_size, cfg.data.seq_len, norm_warmup=t.warmup_steps,
                         bidirectional=not task.causal).to(device)
-    groups = model.param_groups(t.weight_decay)
+    if m.init == "admin":  # Admin's profiling forward, on a batch of its own (the training stream is untouched)
+        probe = task.batch("train", t.batch_size, task.generator(cfg.seed + ADMIN_SEED))
+        profile_admin(model, probe.x, probe.mask)
+    post_step = make_post_step(cfg)
+    for hook in post_step:
+        hook.prepare(model)
+    groups = model.param_groups(t.weight_decay, t.norm_weight_decay)
     params = [p for g in groups for p in g["params"]]
     # fused AdamW: one kernel for all parameters (4.5 -> 0.9 ms a step on the default model, CPU)
     fused = device.type in ("cpu", "cuda")
@@ -216,7 +226,8 @@ def setup(cfg: RunConfig, run_dir: Path | None, measure: bool) -> Session:
     sized = evalset.batches(t.batch_size) if measure else []  # the validation set cut as training batches
     run = Run(cfg, model, task, evalset, autocast, sized)
     return Session(cfg, device, model, fwd, opt, params, gen, run, make_probes(run) if measure else {},
-                   Stability(t, task.vocab_size), MetricsLog(run_dir / "metrics.jsonl" if run_dir else None))
+                   Stability(t, task.vocab_size), MetricsLog(run_dir / "metrics.jsonl" if run_dir else None),
+                   post_step)
 
 
 def flush(s: Session, pending: list[StepRecord]) -> bool:
@@ -249,6 +260,8 @@ def train_step(s: Session, step: int, measure: bool) -> StepRecord:
             s.trace.add(p, step, p.take(Step(step, logits, y)))
     gnorm = global_grad_norm(s.params, t.grad_clip) if measure or t.grad_clip > 0 else None
     s.opt.step()
+    for hook in s.post_step:
+        hook.after_step(s.model)
     rec = StepRecord(step, lr, loss.detach(), None if gnorm is None else gnorm.detach())
     if probe:
         for p in s.probes.get("measure", []):

@@ -8,7 +8,8 @@ import torch
 
 from conftest import tiny
 from normbench.config import from_dict
-from normbench.model import DIAG_SEQS, attention_stats, residual_stats, token_cos_sim
+from normbench.attention import DIAG_SEQS, attention_stats
+from normbench.model import residual_stats, token_cos_sim
 from normbench.norms import ERF_FLAT, TANH_FLAT, Derf, DyT
 from normbench.trainer import train
 

@@ -12,7 +12,8 @@ from normbench.catalog import NEEDS_A_NORM, PLACEMENTS
 from normbench.config import from_dict
 from normbench.data import IGNORE, PAD, make_task
 from normbench.evalset import validation_set
-from normbench.model import Transformer, attention_stats
+from normbench.attention import attention_stats
+from normbench.model import Transformer
 from normbench.norms import NORMS
 from normbench.trainer import lm_loss
 
@@ -86,11 +87,12 @@ def test_every_norm_and_placement_trains_as_an_encoder(placement):
     """Three AdamW steps on padded MLM batches, for every norm that the placement takes."""
     t = task(seq_len=16, variable_length=True, min_len=4)
     for norm in NORMS:
-        if placement in NEEDS_A_NORM and norm == "none":
+        if (placement in NEEDS_A_NORM and norm == "none") or (placement == "ngpt") != (norm == "none"):
             continue
         torch.manual_seed(0)
+        ngpt = {"bias": False} if placement == "ngpt" else {}
         cfg = from_dict(tiny(model={"norm": norm, "placement": placement, "d_model": 16, "heads": 2,
-                                    "d_ff": 32})).model
+                                    "d_ff": 32, **ngpt}, train={"weight_decay": 0.0})).model
         model = Transformer(cfg, t.vocab_size, 16, bidirectional=True).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         gen = torch.Generator().manual_seed(0)

@@ -9,18 +9,21 @@ import torch.nn.functional as F
 from normbench.catalog import NORMS as NORM_DOCS, PLACEMENTS
 from conftest import tiny
 from normbench.config import ModelConfig, from_dict
-from normbench.model import SLOTS, Transformer
+from normbench.model import BLOCKS, SLOTS, SPLIT_SLOTS, Transformer
 from normbench.norms import NORMS, Derf, PowerNorm, make_norm
 
 
 def test_registry_matches_documented_names():
     assert set(NORMS) == set(NORM_DOCS)
-    assert set(SLOTS) | {"mixln"} == set(PLACEMENTS)  # mixln fills pre or post slots per layer
+    # mixln fills pre or post slots per layer; nGPT is a block of its own
+    assert set(SLOTS) | set(SPLIT_SLOTS) | set(BLOCKS) | {"mixln"} == set(PLACEMENTS)
 
 
 def valid(norm, placement):
     from normbench.catalog import NEEDS_A_NORM
 
+    if placement == "ngpt":  # nGPT normalises itself: model.norm none only
+        return norm == "none"
     return not (placement in NEEDS_A_NORM and norm == "none")
 
 
@@ -31,7 +34,8 @@ def test_forward_backward_every_norm_and_placement(norm, placement, padded):
     if not valid(norm, placement):
         pytest.skip("rejected by validation (tested in test_recipe)")
     torch.manual_seed(0)
-    cfg = ModelConfig(layers=2, d_model=16, heads=2, d_ff=32, norm=norm, placement=placement, qk_norm=padded)
+    cfg = ModelConfig(layers=2, d_model=16, heads=2, d_ff=32, norm=norm, placement=placement,
+                      qk_norm=padded and placement not in ("hybridnorm", "ngpt"), bias=placement != "ngpt")
     model = Transformer(cfg, vocab_size=11, seq_len=8)
     idx = torch.randint(1, 11, (3, 8))
     mask = None
@@ -152,7 +156,7 @@ def test_qk_norm_bounds_attention_logits():
 
 def max_attention_logit(q, k, attn_mask):
     """The largest |logit| over heads, as the probe reads it: attention_stats' first column."""
-    from normbench.model import attention_stats
+    from normbench.attention import attention_stats
 
     return attention_stats(q, k, attn_mask, None)[:, 0].amax()
 
