@@ -48,6 +48,9 @@ PLACEMENTS = {
             "s_v*sqrt(d); logits times s_z; embeddings and every matrix along d_model back on the unit sphere "
             "after each step. Needs model.norm none, model.bias false, train.weight_decay 0",
 }
+# a run folder's weights: its last checkpoint (train.checkpoint_every; removed once the run is complete)
+# and its final weights (train.save_final)
+CHECKPOINT, WEIGHTS = "checkpoint.pt", "model.pt"
 # tasks trained as an encoder (bidirectional attention): no causal leak to warn of or to measure
 ENCODER_TASKS = ("mlm",)
 # placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)

@@ -165,6 +165,11 @@ class TrainConfig:
                                                              "that supports it, fp32 elsewhere")
     compile: bool = opt(False, "torch.compile the model (how a run executes, like device: not part of the "
                                "run id); see docs/performance.md for when it pays")
+    checkpoint_every: int = opt(0, "write checkpoint.pt (model, optimizer, every random state, the data "
+                                   "position, the measurements so far) every this many steps; a rerun resumes "
+                                   "from it exactly; 0 is off. Not part of the run id", min=0)
+    save_final: bool = opt(False, "keep the final weights in model.pt (for `normbench sample`); not part of the "
+                                  "run id")
     eval_every: int = opt(100, "validation loss every this many steps (and at the end)", min=1)
     eval_tokens: int = opt(65536, "target tokens in the validation set: a fixed set of windows drawn once, the "
                                   "same for every run with the same task and data.seq_len, whatever the batch "
@@ -202,7 +207,8 @@ class RunConfig:
         """
         d = self.to_dict()
         d.pop("device")
-        d["train"].pop("compile")
+        for key in ("compile", "checkpoint_every", "save_final"):  # how a run executes and what it keeps
+            d["train"].pop(key)
         for key, default in LATER_KEYS.items():  # added after 0.3.0: in the id only when set
             section, name = key.split(".")
             if d[section][name] == default:

@@ -290,6 +290,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Metric("cpu", "the CPU model and its vector units"),
         Metric("precision_used", "the precision trained in (auto resolved)"),
         Metric("threads", "torch threads"),
+        Metric("resumed_from", "the step of the checkpoint the run resumed from (train.checkpoint_every); null "
+               "for a run trained in one go"),
         Metric("versions", "normbench, torch and Python versions", listed=True),
     )),
 )

@@ -68,7 +68,7 @@ class Trace:
 
 
 def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precision: str, tokens, train_s,
-              wall0, started_at) -> dict:
+              wall0, started_at, resumed_from: int | None = None) -> dict:
     """The summary.json of a run (written last by the caller), its keys in measures.py's order."""
     t, task, evalset = cfg.train, run.task, run.evalset
     diverged = stab.diverged_step is not None
@@ -118,6 +118,7 @@ def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precis
         "cpu": cpu_info(),  # bf16 speed and an unstable run's exact numbers depend on it
         "precision_used": precision,
         "threads": torch.get_num_threads(),
+        "resumed_from": resumed_from,
         "versions": {"normbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     for probe in probes:

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import checkpoint
 from .config import RunConfig, TrainConfig
 from .data import IGNORE, make_task
 from .errors import NormbenchError
@@ -131,12 +132,27 @@ class MetricsLog:
     """metrics.jsonl, one JSON object per step; floats to 6 significant digits (a relative 1e-6, far
     below any difference a curve shows; it halves the log), non-finite numbers as null."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, trackers: list | None = None):
+        self.path, self.trackers = path, trackers or []
         self.f = open(path, "w") if path else None
 
     def write(self, row: dict) -> None:
+        row = {k: log_value(v) for k, v in row.items()}
         if self.f:
-            self.f.write(json.dumps({k: log_value(v) for k, v in row.items()}, separators=(",", ":")) + "\n")
+            self.f.write(json.dumps(row, separators=(",", ":")) + "\n")
+        for t in self.trackers:
+            t.log(row)
+
+    def flush(self) -> None:
+        if self.f:
+            self.f.flush()
+
+    def restart(self, text: str) -> None:
+        """Start again from a checkpoint's copy of the log (resume)."""
+        if self.f:
+            self.f.close()
+            self.path.write_text(text)
+            self.f = open(self.path, "a")
 
     def close(self) -> None:
         if self.f:
@@ -191,6 +207,7 @@ class Session:
     stab: Stability
     log: MetricsLog
     post_step: list[PostStep] = field(default_factory=list)  # QK-Clip, nGPT's projection (poststep.py)
+    on_checkpoint: Callable | None = None  # called with each checkpoint's path
     trace: Trace = field(default_factory=Trace)
     tokens: int = 0
     eval_s: float = 0.0
@@ -281,19 +298,22 @@ def evaluate_step(s: Session, step: int) -> None:
     s.eval_s += time.perf_counter() - e0
 
 
-def loop(s: Session, on_progress, measure: bool) -> float:
-    """Train to the end or to a divergence; the training seconds (evaluation excluded)."""
+def loop(s: Session, on_progress, measure: bool, run_dir: Path | None = None, start: int = 0,
+         train_s: float = 0.0) -> float:
+    """Train from step ``start`` + 1 to the end or to a divergence, with a checkpoint every
+    train.checkpoint_every steps; the training seconds (evaluation excluded, ``train_s`` before)."""
     t = s.cfg.train
     sync_every = SYNC_EVERY.get(s.device.type, 1)
     pending: list[StepRecord] = []
     tokens_per_step = t.batch_size * s.cfg.data.seq_len
     s.model.train()
-    loop0 = time.perf_counter()
-    for step in range(1, t.steps + 1):
+    loop0 = time.perf_counter() - train_s - s.eval_s  # so that the clock goes on where it stopped
+    for step in range(start + 1, t.steps + 1):
         pending.append(train_step(s, step, measure))
         s.tokens += tokens_per_step
         is_eval = step % t.eval_every == 0 or step == t.steps
-        if len(pending) >= sync_every or is_eval:
+        is_ckpt = bool(t.checkpoint_every) and step % t.checkpoint_every == 0 and step < t.steps and run_dir
+        if len(pending) >= sync_every or is_eval or is_ckpt:
             diverged, pending = flush(s, pending), []
             if diverged:
                 break
@@ -301,27 +321,42 @@ def loop(s: Session, on_progress, measure: bool) -> float:
                 on_progress(step, s.trace.losses[-1], s.tokens / (time.perf_counter() - loop0 - s.eval_s))
         if is_eval:
             evaluate_step(s, step)
+        if is_ckpt:
+            path = checkpoint.save(s, run_dir, step, time.perf_counter() - loop0 - s.eval_s)
+            if s.on_checkpoint:
+                s.on_checkpoint(path)
     else:
         s.stab.finish()  # ran to the end: diverged if it ended above the ceiling
     return time.perf_counter() - loop0 - s.eval_s
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, *, threads: int | None = None,
-          on_progress: Callable[[int, float, float], None] | None = None, measure: bool = True) -> dict:
+          on_progress: Callable[[int, float, float], None] | None = None, measure: bool = True,
+          on_checkpoint: Callable[[Path], None] | None = None, trackers: list | None = None) -> dict:
     """Train one configuration; returns the summary. ``on_progress(step, loss, tokens_per_s)`` is
     called at each host sync. ``measure=False`` switches the stability measurements off (gradient
-    norms and every probe; divergence on the loss alone): for ``normbench bench`` only, to price them."""
+    norms and every probe; divergence on the loss alone): for ``normbench bench`` only, to price them.
+    A run folder holding a checkpoint of this run resumes from it (checkpoint.py); ``on_checkpoint(path)``
+    is called after each one is written (a Ray worker sends it to the driver). ``trackers``: live
+    loggers (trackers.py), fed every metrics.jsonl row."""
     wall0, started_at = time.perf_counter(), time.time()
     if threads:
         torch.set_num_threads(threads)
     s = setup(cfg, run_dir, measure)
+    s.on_checkpoint, s.log.trackers = on_checkpoint, trackers or []
+    state = checkpoint.load(run_dir, cfg.run_id())
+    start = checkpoint.restore(s, state, run_dir) if state is not None else 0
     try:
-        train_s = loop(s, on_progress, measure)
+        train_s = loop(s, on_progress, measure, run_dir, start, state["train_s"] if state else 0.0)
     finally:
         s.model.measure_attention(False)
         s.log.close()
     for p in s.probes.get("end", []):
         s.trace.add(p, len(s.trace.losses), p.take_now(s.run))
     probes = [p for ps in s.probes.values() for p in ps]
-    return summarize(cfg, s.trace, s.stab, probes, s.run, s.params, s.device,
-                     resolve_precision(s.device, cfg.train.precision), s.tokens, train_s, wall0, started_at)
+    summary = summarize(cfg, s.trace, s.stab, probes, s.run, s.params, s.device,
+                        resolve_precision(s.device, cfg.train.precision), s.tokens, train_s, wall0, started_at,
+                        resumed_from=start or None)
+    if run_dir is not None and cfg.train.save_final:
+        checkpoint.save_weights(s, run_dir, len(s.trace.losses))
+    return summary

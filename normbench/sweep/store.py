@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ..catalog import CHECKPOINT, WEIGHTS  # noqa: F401  (the weights a run folder may hold)
 from ..config import LATER_KEYS
 from ..measures import INDEX_SKIP
 from ..errors import NormbenchError
@@ -96,16 +97,22 @@ DONE = ("completed", "diverged")
 
 
 def prepare(run_dir: Path, config_recipe: dict) -> None:
-    """Empty ``run_dir`` (a previous incomplete or crashed attempt) and write its config.yaml."""
+    """Empty ``run_dir`` (a previous incomplete or crashed attempt) but for its checkpoint, which the
+    run resumes from (checkpoint.py), and write its config.yaml."""
     run_dir = Path(run_dir)
     if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+        for path in run_dir.iterdir():
+            if path.name == CHECKPOINT:
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / CONFIG, yaml.safe_dump(config_recipe, sort_keys=False))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json, last: the run is complete, and its checkpoint is no longer needed."""
     write_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    (Path(run_dir) / CHECKPOINT).unlink(missing_ok=True)
 
 
 def write_error(run_dir: Path, text: str) -> None:
