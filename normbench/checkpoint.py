@@ -40,6 +40,7 @@ def save(s, run_dir: Path, step: int, train_s: float) -> Path:
         "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
         "trace": s.trace, "stab": s.stab, "tokens": s.tokens, "eval_s": s.eval_s, "train_s": train_s,
         "metrics": metrics.read_text() if metrics.exists() else "",
+        "config": s.cfg.to_dict(), "codec": codec(s.run),
     }
     path = run_dir / CHECKPOINT
     save_atomic(state, path)
@@ -75,5 +76,16 @@ def save_weights(s, run_dir: Path, step: int) -> Path:
     """The final weights with what ``normbench sample`` needs to rebuild the model."""
     path = run_dir / WEIGHTS
     save_atomic({"format": FORMAT, "run_id": s.cfg.run_id(), "step": step, "config": s.cfg.to_dict(),
-                 "vocab_size": s.run.task.vocab_size, "model": s.model.state_dict()}, path)
+                 "codec": codec(s.run), "model": s.model.state_dict()}, path)
     return path
+
+
+def codec(run) -> dict:
+    """What sampling needs to turn ids back into text: the vocabulary, the tokenizer (a BPE's JSON), the
+    mask id of an encoder, and a start token for an empty prompt (the validation set's first)."""
+    task = run.task
+    return {"vocab": list(task.vocab), "tokenizer": getattr(task.cfg, "tokenizer", "char") if task.cfg.task not in
+            ("tokens", "copy", "reverse") else task.cfg.task, "tokenizer_json": getattr(task, "tokenizer_json", None),
+            "causal": task.causal, "mask": getattr(task, "MASK", None),
+            "text": task.cfg.task == "tokens" and any(len(v) == 1 for v in task.vocab[1:]),
+            "start": int(run.evalset.chunks[0][0][0, 0])}

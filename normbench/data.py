@@ -101,6 +101,7 @@ class CharLM:
         if cfg.tokenizer != "char":
             self.fingerprint = {**self.fingerprint, **enc.info}
         self.vocab = enc.vocab
+        self.tokenizer_json = enc.model  # the BPE itself (sampling encodes a prompt with it); None otherwise
         self.token_bytes = torch.from_numpy(enc.token_bytes)  # (V,) bytes per token: bits per byte
         self.splits = {"train": torch.from_numpy(enc.train).to(device), "val": torch.from_numpy(enc.val).to(device)}
         for split, data in self.splits.items():
@@ -180,6 +181,10 @@ class TokenLM:
         splits, vocab = tokenfile.find_splits(cfg.path, cfg.vocab_size)
         self.arrays = {name: tokenfile.open_split(split) for name, split in splits.items()}
         self.vocab = ["<pad>"] + [f"t{i}" for i in range(vocab)]
+        meta = tokenfile.read_meta_dict(Path(cfg.path)) if Path(cfg.path).is_dir() else None
+        itos = (meta or {}).get("itos")  # nanoGPT's character datasets: id -> character (for sampling)
+        if isinstance(itos, dict) and all(isinstance(v, str) for v in itos.values()):
+            self.vocab = ["<pad>"] + [itos.get(i, f"t{i}") for i in range(vocab)]
         self.fingerprint = {"source": "tokens", "digest": tokenfile.digest(cfg.path), "vocab_size": vocab,
                             "tokens": {name: int(sum(len(a) for a in arrays)) for name, arrays in self.arrays.items()}}
         self.cfg, self.device = cfg, device

@@ -62,7 +62,13 @@ def shard_tokens(path: Path) -> int:
 
 def read_meta(folder: Path) -> int | None:
     """``vocab_size`` from nanoGPT's meta.pkl: unpickled with builtins only (a pickle can run code)."""
-    path = folder / "meta.pkl"
+    meta = read_meta_dict(folder)
+    return None if meta is None else meta["vocab_size"]
+
+
+def read_meta_dict(folder: Path) -> dict | None:
+    """nanoGPT's meta.pkl (vocab_size, and for its character datasets itos and stoi), or None."""
+    path = Path(folder) / "meta.pkl"
     if not path.exists():
         return None
 
@@ -79,7 +85,7 @@ def read_meta(folder: Path) -> int | None:
         raise fail(f"cannot read meta.pkl: {type(e).__name__}: {e}", path) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int):
         raise fail("meta.pkl has no integer vocab_size", path)
-    return meta["vocab_size"]
+    return meta
 
 
 def is_shard(path: Path) -> bool:

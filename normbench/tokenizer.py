@@ -30,6 +30,7 @@ class Encoded(NamedTuple):
     vocab: list[str]  # id -> token, "<pad>" at 0
     token_bytes: np.ndarray  # id -> the UTF-8 bytes the token stands for (0 for padding)
     info: dict  # the tokenizer, for the corpus fingerprint
+    model: str | None = None  # a BPE's JSON (to encode a prompt when sampling)
 
 
 def char_ids(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +140,7 @@ def bpe(text: str, n_train: int, vocab_size: int, cache: Path | None) -> Encoded
         return np.asarray(tok.encode(part).ids, dtype=np.int64) + 1
 
     return Encoded(ids(text[:n_train]), ids(text[n_train:]), ["<pad>"] + pieces, nbytes,
-                   {"tokenizer": "bpe", "vocab_size": vocab_size, "file": path.name})
+                   {"tokenizer": "bpe", "vocab_size": vocab_size, "file": path.name}, path.read_text())
 
 
 def encode(text: str, n_train: int, tokenizer: str, vocab_size: int | None, cache: Path | None = None) -> Encoded:

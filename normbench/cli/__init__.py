@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import run, results, bench, info  # noqa: F401 (registers the commands, in this order)
+from . import run, results, bench, info, sample  # noqa: F401 (registers the commands, in this order)
 from .app import app, err_console
 
 __all__ = ["app", "main"]

@@ -46,7 +46,10 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
         gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray only: GPUs each run asks for; a "
                                                                         "fraction shares a GPU (0.25: four runs)."),
         retries: int = typer.Option(0, "--retries", help="Ray only: rerun a run whose worker died (killed, out of "
-                                                         "memory, node lost) up to N times.")):
+                                                         "memory, node lost) up to N times."),
+        log: Optional[List[str]] = typer.Option(None, "--log", metavar="TRACKER",
+                                                help="Log every run live to tensorboard, wandb or mlflow "
+                                                     "(repeatable; each an optional extra); docs/trackers.md.")):
     """Train every run of one or more recipes (resuming: completed runs are kept) and print the results.
 
     Every recipe is validated before the first run starts. Exit code 0 when every run completed
@@ -54,6 +57,7 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
     (Ctrl-C), 143 when terminated (SIGTERM, as from a scheduler or `timeout`); either way the runs
     in flight are stopped and the next `run` redoes them.
     """
+    from .. import trackers
     from ..sweep.display import make_reporter
     from ..sweep.execute import execute, ray_shorthands
     from ..sweep.executors import executor_options
@@ -64,6 +68,7 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
         options = executor_options(executor, {**ray_shorthands(address, cpus_per_run, gpus_per_run, retries),
                                               **key_values(executor_option, "--executor-option")})
         plans = [make_plan(rec, out, force=force, retry_failed=retry_failed) for rec in loaded]
+        log_to = trackers.check(log)
     except NormbenchError as e:
         fail(e)
     code = 0
@@ -77,7 +82,7 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
         try:
             outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
                               reporter=make_reporter(quiet=quiet, console=out_console),
-                              executor=executor, executor_options=options)
+                              executor=executor, executor_options=options, log_to=log_to)
         except NormbenchError as e:
             fail(e)
         if outcome.interrupted:

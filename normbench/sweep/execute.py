@@ -9,9 +9,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import trackers
 from ..errors import Terminated, raise_terminated
 from ..recipe import Recipe, RunSpec, load_recipe
 from ..registry import plugins_for
+from ..trackers import LogSpec
 from . import store
 from .display import make_reporter
 from .executors import executor_class, executor_options as check_options, make_executor
@@ -67,7 +69,8 @@ class Outcome:
 
 
 def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fail_fast: bool = False,
-            reporter=None, executor: str = "local", executor_options: dict | None = None) -> Outcome:
+            reporter=None, executor: str = "local", executor_options: dict | None = None,
+            log_to: tuple = ()) -> Outcome:
     """Run the plan's runs with an executor of ``executors.EXECUTORS`` (``executor_options``: the
     options set, by name) and index them; the driver alone decides what runs and writes records."""
     recipe, t0 = plan.recipe, time.perf_counter()
@@ -80,7 +83,9 @@ def execute(plan: Plan, jobs: int | None = None, threads: int | None = None, fai
                                                              {r.cfg.device for r in plan.todo}, options)
         outcome = Outcome(plan, dict(plan.statuses), jobs=jobs, threads=threads)
         plugins = plugins_for({r.cfg.model.norm for r in plan.todo})  # every worker loads them first
-        engine = make_executor(executor, jobs, threads, plugins=plugins, **options)
+        log = LogSpec(trackers.check(log_to), recipe.name, tuple(dict.fromkeys(k for r in recipe.runs for k in r.values)),
+                      str(plan.recipe_dir.parent)) if log_to else None
+        engine = make_executor(executor, jobs, threads, plugins=plugins, log=log, **options)
         if plan.todo:
             engine.open()  # before any folder is touched: an unreachable cluster leaves nothing half-written
             outcome.jobs = engine.jobs  # a cluster may run fewer at once than asked
@@ -118,6 +123,9 @@ def drive(engine, tasks: list, outcome: Outcome, reporter, fail_fast: bool) -> N
             reporter.started(spec)
         elif ev.kind == "progress":
             reporter.progress(spec, ev.step, ev.loss, ev.tokens_per_s)
+        elif ev.kind == "checkpoint":  # from a worker without the driver's disk: it lands in the run folder
+            if outcome.results.get(spec.run_id) == "pending" and ev.data is not None:
+                store.write_atomic(plan.recipe_dir / spec.run_id / store.CHECKPOINT, ev.data)
         else:
             run_dir = plan.recipe_dir / spec.run_id
             st = finish_run(run_dir, ev)
@@ -161,7 +169,7 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
                threads: int | None = None, force: bool = False, retry_failed: bool = False,
                fail_fast: bool = False, progress: bool = False, executor: str = "local",
                address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0, retries: int = 0,
-               plugins: list | None = None, executor_options: dict | None = None):
+               plugins: list | None = None, executor_options: dict | None = None, log: list | tuple = ()):
     """Run a recipe (a path or a dict) and return its runs as a pandas DataFrame.
 
     ``overrides`` is a dict of dotted keys or a list of ``"key=value"`` strings,
@@ -171,7 +179,8 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
     run as a Ray task (``address``: None starts a local Ray instance, ``"auto"`` or
     ``"ray://host:port"`` joins a cluster; ``cpus_per_run``, ``gpus_per_run``, ``retries``), as
     ``normbench run --executor ray``. ``executor_options``: any executor's options by name, as
-    ``--executor-option``. ``plugins``: plugin files to load first, as ``--plugin``.
+    ``--executor-option``. ``plugins``: plugin files to load first, as ``--plugin``. ``log``: trackers
+    (tensorboard, wandb, mlflow) fed live by every run, as ``--log`` (trackers.py).
     """
     from ..plugins import load_plugin
 
@@ -185,7 +194,8 @@ def run_recipe(recipe, overrides=None, jobs: int | None = None, out: str | Path 
     outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
                       reporter=make_reporter(quiet=True, silent=not progress),
                       executor=executor, executor_options={**ray_shorthands(address, cpus_per_run, gpus_per_run,
-                                                                            retries), **(executor_options or {})})
+                                                                            retries), **(executor_options or {})},
+                      log_to=tuple(log))
     if outcome.interrupted:
         raise Terminated() if outcome.terminated else KeyboardInterrupt()
     df = store.load_results(plan.recipe_dir)

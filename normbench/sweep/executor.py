@@ -56,7 +56,7 @@ def plan_parallelism(n_runs: int, jobs: int | None, threads: int | None, gpu: bo
 
 @dataclass
 class Event:
-    kind: str  # "start" | "progress" | "end"
+    kind: str  # "start" | "progress" | "checkpoint" | "end"
     index: int  # the task's position in the list given to run()
     step: int = 0
     loss: float = float("nan")
@@ -64,6 +64,7 @@ class Event:
     exitcode: int | None = None  # end: the process's exit code, where the executor knows it
     record: dict | None = None  # end: the run record, when the executor returns one (not written yet)
     pid: int | None = None  # start: the process running the run
+    data: bytes | None = None  # checkpoint: the file's bytes, from a worker that does not share the driver's disk
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,28 @@ class Executor:
 
     def terminate(self) -> None:
         pass
+
+
+def train_in_worker(run_dir, cfg_dict: dict, threads: int, progress, plugins=None, log=None,
+                    on_checkpoint=None) -> dict:
+    """What every executor's worker does with one run: load the plugins, build the trackers (``log``, a
+    trackers.LogSpec), train (resuming from a checkpoint in ``run_dir``), close the trackers; the summary."""
+    from pathlib import Path
+
+    from ..config import from_dict
+    from ..trackers import make_trackers
+    from ..trainer import train
+
+    load_plugins(plugins)
+    trackers = make_trackers(log, Path(run_dir), cfg_dict)
+    summary = None
+    try:
+        summary = train(from_dict(cfg_dict), Path(run_dir), threads=threads, on_progress=progress,
+                        on_checkpoint=on_checkpoint, trackers=trackers)
+        return summary
+    finally:
+        for t in trackers:
+            t.finish(summary)
 
 
 def load_plugins(plugins: list | None) -> None:

@@ -40,7 +40,9 @@ def executor_options(name: str, given: dict) -> dict:
     return {k: o.coerce(given[k]) if k in given else o.default for k, o in own.items()}
 
 
-def make_executor(name: str, jobs: int, threads: int | None, plugins: list | None = None, **options) -> Executor:
+def make_executor(name: str, jobs: int, threads: int | None, plugins: list | None = None, log=None,
+                  **options) -> Executor:
     """An executor by name. ``plugins``: (path, text) of the plugin files the runs need; every worker
-    loads them before its run. ``options``: as ``executor_options`` returns them."""
-    return executor_class(name)(jobs, threads, plugins=plugins, **options)
+    loads them before its run. ``log``: the trackers' ``LogSpec`` (trackers.py), for every worker's
+    ``train_in_worker``. ``options``: as ``executor_options`` returns them."""
+    return executor_class(name)(jobs, threads, plugins=plugins, log=log, **options)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import NormbenchError
-from .executor import Event, Executor, load_plugins, plan_parallelism, throttled_progress
+from .executor import Event, Executor, plan_parallelism, throttled_progress, train_in_worker
 
 
 def _watch_parent(conn) -> None:
@@ -36,17 +36,14 @@ def _watch_parent(conn) -> None:
     os._exit(3)
 
 
-def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, parent_conn, plugins=None) -> None:
+def _child(index: int, run_dir: str, cfg_dict: dict, threads: int, events, parent_conn, plugins=None,
+           log=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_watch_parent, args=(parent_conn,), daemon=True).start()
-    from ..config import from_dict
-    from ..trainer import train
     from . import store
 
     try:
-        load_plugins(plugins)
-        summary = train(from_dict(cfg_dict), Path(run_dir), threads=threads,
-                        on_progress=throttled_progress(index, events.put))
+        summary = train_in_worker(run_dir, cfg_dict, threads, throttled_progress(index, events.put), plugins, log)
         store.write_summary(Path(run_dir), summary)
     except BaseException:
         store.write_error(Path(run_dir), traceback.format_exc())
@@ -90,8 +87,8 @@ class LocalExecutor(Executor):
         return plan_parallelism(n_runs, jobs, threads, gpu)
 
 
-    def __init__(self, jobs: int, threads: int, plugins: list | None = None, **options):
-        self.jobs, self.threads, self.plugins = jobs, threads, plugins or []
+    def __init__(self, jobs: int, threads: int, plugins: list | None = None, log=None, **options):
+        self.jobs, self.threads, self.plugins, self.log = jobs, threads, plugins or [], log
         self.ctx = _context()
         self.active: dict[int, tuple] = {}
 
@@ -107,7 +104,7 @@ class LocalExecutor(Executor):
                     i, (run_dir, cfg_dict) = todo.pop(0)
                     recv, send = self.ctx.Pipe(duplex=False)
                     p = self.ctx.Process(target=_child, args=(i, run_dir, cfg_dict, self.threads, events, recv,
-                                                              self.plugins), daemon=False)
+                                                              self.plugins, self.log), daemon=False)
                     with _main_hidden():
                         p.start()
                     recv.close()

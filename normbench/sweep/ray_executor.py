@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import NormbenchError
-from .executor import Event, Executor, Option, cpu_count, load_plugins, throttled_progress
+from ..catalog import CHECKPOINT
+from .executor import Event, Executor, Option, cpu_count, throttled_progress, train_in_worker
 
 # a local instance started for a sweep: a small object store (records are small; /dev/shm may be too)
 LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
@@ -37,8 +38,12 @@ def import_ray():
     return ray
 
 
-def _train_task(index: int, cfg_dict: dict, threads: int, events, plugins=None) -> dict:
-    """On a worker: train one run in a temporary folder and return its record (never raises)."""
+def _train_task(index: int, cfg_dict: dict, threads: int, events, plugins=None, log=None,
+                checkpoint: bytes | None = None) -> dict:
+    """On a worker: train one run in a temporary folder and return its record (never raises). A
+    checkpoint from the driver's run folder is put in first (the run resumes from it); each new one
+    goes back to the driver as it is written, and the files the run keeps (model.pt, the trackers'
+    logs) come back with the record."""
     # fire and forget: Queue.put_nowait would block in ray.get, and a task blocked in ray.get lends
     # its CPUs to the next queued task, so more runs than CPUs would train at once
     send = events.actor.put_nowait.remote
@@ -46,19 +51,22 @@ def _train_task(index: int, cfg_dict: dict, threads: int, events, plugins=None) 
     progress = throttled_progress(index, send)
 
     with tempfile.TemporaryDirectory(prefix="normbench-run-") as tmp:
+        if checkpoint is not None:
+            Path(tmp, CHECKPOINT).write_bytes(checkpoint)
         try:
-            from ..config import from_dict
-            from ..trainer import train
-
-            load_plugins(plugins)  # the plugin files' texts came with the task: no shared filesystem needed
             # the thread count set explicitly: Ray sets OMP_NUM_THREADS, and a reused worker keeps
             # whatever an earlier task set (ray#35937)
-            summary = train(from_dict(cfg_dict), Path(tmp), threads=threads, on_progress=progress)
+            summary = train_in_worker(tmp, cfg_dict, threads, progress, plugins, log,
+                                      on_checkpoint=lambda path: send(Event("checkpoint", index,
+                                                                            data=path.read_bytes())))
             error = None
         except BaseException:
             summary, error = None, traceback.format_exc()
         metrics = Path(tmp, "metrics.jsonl")
-        return {"summary": summary, "metrics": metrics.read_text() if metrics.exists() else None, "error": error}
+        kept = {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*"))
+                if p.is_file() and p.name not in ("metrics.jsonl", CHECKPOINT)}
+        return {"summary": summary, "metrics": metrics.read_text() if metrics.exists() else None, "error": error,
+                "files": kept}
 
 
 def check_reachable(address: str) -> None:
@@ -96,8 +104,8 @@ class RayExecutor(Executor):
         return max(1, min(jobs or n_runs, n_runs)), threads or max(1, int(options.get("cpus_per_run", 1)))
 
     def __init__(self, jobs: int, threads: int | None, address: str | None = None, cpus_per_run: float = 1,
-                 gpus_per_run: float = 0, retries: int = 0, plugins: list | None = None):
-        self.jobs, self.address, self.plugins = jobs, address, plugins or []
+                 gpus_per_run: float = 0, retries: int = 0, plugins: list | None = None, log=None):
+        self.jobs, self.address, self.plugins, self.log = jobs, address, plugins or [], log
         self.cpus_per_run, self.gpus_per_run, self.retries = cpus_per_run, gpus_per_run, retries
         self.threads = threads or max(1, int(cpus_per_run))  # torch threads: --threads, else the run's CPUs
         self.pending: dict = {}  # object ref -> task index
@@ -141,8 +149,10 @@ class RayExecutor(Executor):
         try:
             while (todo and not stop()) or self.pending:
                 while todo and len(self.pending) < self.jobs and not stop():
-                    i, (_, cfg_dict) = todo.pop(0)
-                    self.pending[remote.remote(i, cfg_dict, self.threads, events, self.plugins)] = i
+                    i, (run_dir, cfg_dict) = todo.pop(0)
+                    ckpt = Path(run_dir, CHECKPOINT)  # the driver's copy: the worker resumes from it
+                    data = ckpt.read_bytes() if ckpt.exists() else None
+                    self.pending[remote.remote(i, cfg_dict, self.threads, events, self.plugins, self.log, data)] = i
                 done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0.1)
                 while True:
                     try:

@@ -48,8 +48,8 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers see all or nothing. The
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write (text, or bytes) via a temporary file in the same folder and rename: readers see all or nothing. The
     file gets the permissions a plain write would (0666 less the umask), not mkstemp's 0600, so
     colleagues can read shared results."""
     path = Path(path)
@@ -57,7 +57,8 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         if hasattr(os, "fchmod"):  # not on Windows
             os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        binary = isinstance(text, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -123,6 +124,11 @@ def write_record(run_dir: Path, record: dict) -> None:
     """A run record returned by a remote worker: metrics.jsonl, then summary.json last (its presence
     means complete), or error.txt. The same files a local child writes."""
     run_dir = Path(run_dir)
+    for name, data in (record.get("files") or {}).items():  # model.pt, the trackers' logs
+        path = (run_dir / name).resolve()
+        if run_dir.resolve() in path.parents:  # never outside the run folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
     if record.get("metrics") is not None:
         write_atomic(run_dir / METRICS, record["metrics"])
     if record.get("summary") is not None and not record.get("error"):
