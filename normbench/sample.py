@@ -109,7 +109,7 @@ def generate(model, ids: list[int], tokens: int, temperature: float, seed: int, 
 
 
 def sample(run_dir: Path, prompt: str = "", tokens: int = 200, temperature: float = 1.0, seed: int = 0) -> dict:
-    """The continuation of ``prompt``: {"prompt", "text", "ids", "step", "from"}."""
+    """The continuation of ``prompt``: {"prompt", "text", "output" (the two joined), "ids", "step", "from"}."""
     cfg, model, codec, step = load(run_dir)
     c = Codec(codec)
     ids = c.encode(prompt) if prompt else []
@@ -117,5 +117,7 @@ def sample(run_dir: Path, prompt: str = "", tokens: int = 200, temperature: floa
         ids = [codec["start"]]  # no prompt: start from a frequent token (the first of the validation set)
     torch.manual_seed(seed)
     new = generate(model, ids, tokens, temperature, seed, cfg.data.seq_len, codec.get("mask"))
-    return {"prompt": prompt, "text": c.decode(new), "ids": new, "step": step,
+    text = c.decode(new)
+    joined = prompt + ("" if c.text or not prompt else " ") + text  # token names are separated by spaces
+    return {"prompt": prompt, "text": text, "output": joined, "ids": new, "step": step,
             "from": WEIGHTS if (Path(run_dir) / WEIGHTS).exists() else CHECKPOINT}

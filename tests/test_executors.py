@@ -22,20 +22,20 @@ class InProcessExecutor(Executor):
                Option("max_runs", 100, int, "refuse more runs than this", min=1))
     seen: list = []
 
-    def __init__(self, jobs, threads, plugins=None, label="none", max_runs=100):
+    def __init__(self, jobs, threads, plugins=None, log=None, label="none", max_runs=100):
         self.jobs, self.threads, self.label, self.max_runs = jobs, threads, label, max_runs
+        self.plugins, self.log = plugins, log
         InProcessExecutor.seen.append({"label": label, "max_runs": max_runs, "jobs": jobs})
 
     def run(self, tasks, stop=lambda: False):
-        from normbench.config import from_dict
-        from normbench.trainer import train
+        from normbench.sweep.executor import train_in_worker
 
         for i, (_, cfg_dict) in enumerate(tasks[:self.max_runs]):
             if stop():
                 break
             yield Event("start", i)
             with tempfile.TemporaryDirectory() as tmp:
-                summary = train(from_dict(cfg_dict), Path(tmp), threads=1)
+                summary = train_in_worker(tmp, cfg_dict, 1, None, self.plugins, self.log)
                 metrics = (Path(tmp) / "metrics.jsonl").read_text()
             yield Event("end", i, record={"summary": summary, "metrics": metrics, "error": None})
 

@@ -49,7 +49,7 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
                                                          "memory, node lost) up to N times."),
         log: Optional[List[str]] = typer.Option(None, "--log", metavar="TRACKER",
                                                 help="Log every run live to tensorboard, wandb or mlflow "
-                                                     "(repeatable; each an optional extra); docs/trackers.md.")):
+                                                     "(repeatable; each an optional extra); docs/long-runs.md.")):
     """Train every run of one or more recipes (resuming: completed runs are kept) and print the results.
 
     Every recipe is validated before the first run starts. Exit code 0 when every run completed

@@ -34,4 +34,4 @@ def sample(run: Path = typer.Argument(..., metavar="RUN", show_default=False,
         fail(e)
     out_console.print(f"# {run} ({out['from']}, step {out['step']}; temperature {temperature}, seed {seed})",
                       style="dim", markup=False)
-    out_console.print(out["prompt"] + out["text"], markup=False, highlight=False, soft_wrap=True)
+    out_console.print(out["output"], markup=False, highlight=False, soft_wrap=True)
