@@ -20,6 +20,7 @@ API = {
     "register_norm": "normbench.registry:register_norm",
     "load_plugin": "normbench.plugins:load_plugin",
     "claims_ledger": "normbench.analysis.ledger:claims_ledger",
+    "sample": "normbench.sampling:sample",
 }
 __all__ = [*API, "__version__"]
 

@@ -49,7 +49,10 @@ def resolve_key(key: str, valid, flag: str) -> str:
 
 
 def matches(v, wanted: str) -> bool:
-    """A run's value against a value as typed (numbers compare as numbers, the rest case-blind)."""
+    """A run's value against a value as typed (numbers compare as numbers, the rest case-blind; a null
+    key, None in a config and NaN in a table, matches null, none or nan)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return wanted.lower() in ("none", "null", "nan")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v).lower() == wanted.lower()
     try:

@@ -233,9 +233,6 @@ class Guarded:
             warnings.warn(f"--log {self.name}: {type(e).__name__}: {e}; this run goes on without it",
                           TrackerWarning, stacklevel=2)
             self.t = None
-            self.dead = True
-
-    dead = False
 
     def log(self, row):
         if self.t is not None:

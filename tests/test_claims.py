@@ -2,9 +2,7 @@
 shortened look that leaves the claims alone, settling with Stein's two stages, and `run` with
 several recipes. The verdict rule itself is tested on hand-built tables in test_ledger.py."""
 import json
-import math
 
-import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner

@@ -214,7 +214,7 @@ def test_a_crashed_runs_reason_is_printed_by_run(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"name": "c", "base": tiny(model={"d_ff": TOO_BIG_D_FF})}))
     res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "r"), "-q"])
-    assert res.exit_code == 1 and f"crashed: " in res.output and ALLOC_ERROR in res.output
+    assert res.exit_code == 1 and "crashed: " in res.output and ALLOC_ERROR in res.output
 
 
 @pytest.mark.parametrize("module", ["render.tables", "analysis.evidence", "analysis.ledger", "analysis.settle",

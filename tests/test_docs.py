@@ -75,7 +75,7 @@ def test_the_readme_is_a_front_door():
     assert pages <= linked, pages - linked  # every docs page is reachable from the front door
     # the two commands a newcomer copies, as CI runs them
     ci = (ROOT / ".ci" / "run").read_text()
-    for cmd in ('pip install -c constraints.txt -e ".[dev,ray,bpe]"', "python -m pytest -q"):
+    for cmd in ('pip install -c constraints.txt -e ".[dev,ray,bpe,tensorboard,wandb,mlflow]"', "python -m pytest -q"):
         assert cmd in ci and cmd in text, cmd
     assert "normbench run recipes/quickstart.yaml" in text
 

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import tiny
-from normbench.affine import stored_gain
 from normbench.attention import Attention, attention_probs, softcap
-from normbench.catalog import NEEDS_A_NORM, PLACEMENTS
+from normbench.catalog import PLACEMENTS
 from normbench.config import ModelConfig, RunConfig, TrainConfig, from_dict
 from normbench.errors import NormbenchError
 from normbench.inits import profile_admin, tfixup_scale
@@ -391,3 +390,13 @@ def test_new_keys_enter_the_id_only_when_set():
     assert from_dict(tiny(**defaults)).run_id() == base
     assert from_dict(tiny(model={"attn_gate": True})).run_id() != base
     assert TrainConfig().qk_clip is None
+
+
+def test_a_claim_may_select_a_key_at_null():
+    """A null key (the interventions' off state) is None in a config and NaN in a results table: a
+    claim's `{model.softcap_attn: null}` selects both."""
+    from normbench.dotted import matches
+
+    for v in (None, float("nan")):
+        assert matches(v, "None") and matches(v, "null") and not matches(v, "50.0")
+    assert matches(50.0, "50.0") and not matches(50.0, "None")

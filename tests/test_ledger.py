@@ -266,8 +266,6 @@ def test_average_over_settings_of_an_unpaired_interaction_tests_the_interaction(
 
 
 def test_welch_seeds_needed_use_the_pooled_degrees_of_freedom():
-    from normbench.analysis.ledger import seeds_needed
-
     c = claim(effect=0.3)
     res = evaluate(c, frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5], seeds_b=[3, 4, 5])))
     s = res["settings"][0]

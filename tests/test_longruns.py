@@ -168,7 +168,7 @@ def test_sample_a_character_run_reproducibly(tmp_path):
 
 
 def test_greedy_sampling_is_the_models_argmax(tmp_path):
-    from normbench.sample import Codec, load, sample as generate
+    from normbench.sampling import Codec, load, sample as generate
 
     run = trained(tmp_path)
     cfg, model, codec, _ = load(run)

@@ -12,7 +12,6 @@ import yaml
 
 import normbench
 from normbench.sweep import store
-from normbench.config import from_dict
 from normbench.recipe import load_recipe
 from normbench.sweep.execute import execute
 from normbench.sweep.plan import make_plan

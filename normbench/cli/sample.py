@@ -25,7 +25,7 @@ def sample(run: Path = typer.Argument(..., metavar="RUN", show_default=False,
 
     Prints the prompt and its continuation. Refuses, in one line (exit code 2), a folder without
     saved weights."""
-    from ..sample import sample as generate
+    from ..sampling import sample as generate
 
     try:
         load_plugins(plugin)

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..catalog import CHECKPOINT, WEIGHTS  # noqa: F401  (the weights a run folder may hold)
+from ..catalog import CHECKPOINT
 from ..config import LATER_KEYS
 from ..measures import INDEX_SKIP
 from ..errors import NormbenchError
