@@ -426,11 +426,12 @@ def check_interventions(cfg: RunConfig, problems: Problems) -> None:
         wrong = [(k, v, want) for k, v, want in (
             ("model.norm", m.norm, "none"), ("model.bias", m.bias, False), ("model.qk_norm", m.qk_norm, False),
             ("model.embed_norm", m.embed_norm, False), ("model.residual_gate", m.residual_gate, "none"),
+            ("model.embed_scale", m.embed_scale, "none"), ("model.tie_embeddings", m.tie_embeddings, False),
             ("train.weight_decay", t.weight_decay, 0.0)) if v != want]
         for k, v, want in wrong:
             refuse(k, f"model.placement=ngpt normalises hidden states, queries, keys and weights itself, without "
-                      f"biases or weight decay (Loshchilov et al. 2024): set {k}: {str(want).lower()} (got "
-                      f"{str(v).lower()})")
+                      f"biases, weight decay, an embedding scale or a tied head (Loshchilov et al. 2024): set {k}: "
+                      f"{str(want).lower()} (got {str(v).lower()})")
         if m.init in ("admin", "tfixup"):
             refuse("model.init", f"model.init={m.init} scales weights that model.placement=ngpt puts back on the "
                                  "unit sphere; use xavier, gpt2, torch or depth_scaled")

@@ -82,29 +82,35 @@ def init_weights(model, beta: float) -> None:
                 w.mul_(beta)
 
 
+class AdminProfile:
+    """Admin's profiling (Liu et al. 2020, as Transformer-Clinic's code): sublayer by sublayer, in one
+    forward, omega_1 = 1 and omega_{i+1} = sqrt(Var(x_i * omega_i) + Var F_i(x_i)), x_i the residual
+    entering sublayer i (the embedding's output for the first) and the variances over every real
+    element. Each skip's omega is set before its add, so later sublayers see the earlier omegas."""
+
+    def __init__(self):
+        self.omega, self.omegas = 1.0, []
+
+    def visit(self, skip, x, h, mask) -> None:
+        real = (lambda t: (t if mask is None else t[mask]).float())
+        skip.omega.fill_(self.omega)
+        self.omegas.append(self.omega)
+        self.omega = math.sqrt(real(x * skip.omega).var().item() + real(h).var().item())
+
+
 @torch.no_grad()
 def profile_admin(model, idx: torch.Tensor, mask: torch.Tensor | None) -> list[float]:
-    """Admin's profiling pass (Liu et al. 2020): one forward with every omega at 1 records Var[F_i] of
-    each sublayer's branch output i (attention then MLP, block by block); then omega_i =
-    sqrt(Var[x_0] + sum_{j<i} Var[F_j]), x_0 the embedding's output (the sum over an empty j would
-    leave the first sublayer's skip at 0). Returns the omegas set."""
+    """One profiling forward (training mode, as the reference) that sets every omega; returns them, attention's
+    and the MLP's of each block in order."""
     was = model.training
+    profile = AdminProfile()
     model.train()
-    variances: list[torch.Tensor] = []
     for b in model.blocks:
-        b.profile = variances
+        b.profile = profile
     try:
         model(idx, mask)
     finally:
         for b in model.blocks:
             b.profile = None
         model.train(was)
-    x0 = model.embed_output(idx, mask)
-    real = x0 if mask is None else x0[mask]
-    total, omegas = real.float().var().item(), []
-    skips = [s for b in model.blocks for s in (b.attn_skip, b.mlp_skip)]
-    for skip, var in zip(skips, variances):
-        omegas.append(math.sqrt(total))
-        skip.omega.fill_(omegas[-1])
-        total += var.item()
-    return omegas
+    return profile.omegas

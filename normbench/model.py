@@ -33,7 +33,10 @@ SLOTS = {
     "subln": (True, False, False),
 }
 # placements whose attention and MLP fill different slots: (attention's, the MLP's)
-SPLIT_SLOTS = {"hybridnorm": ((False, False, False), (False, False, True))}  # QKV-norm inside attention
+# HybridNorm: no norm around attention (QKV-norm inside it); the MLP's input normed, and its residual taken
+# from that normed input: x + Attn(QKVnorm(x)) = y, then Norm(y) + MLP(Norm(y)) (Zhuo et al. 2025's code)
+SPLIT_SLOTS = {"hybridnorm": ((False, False, False), (True, False, False))}
+NORMED_SKIP = ("hybridnorm",)  # placements whose MLP residual starts from the normed input
 BLOCKS = {"ngpt": NGPTBlock}  # placements that are a block of their own, not norm slots
 
 
@@ -164,19 +167,23 @@ class Block(nn.Module):
         self.alpha = deepnorm_constants(cfg.layers)[0] if cfg.placement == "deepnorm" else 1.0
         self.attn_skip, self.mlp_skip = make_skip(cfg, self.alpha), make_skip(cfg, self.alpha)  # DeepNorm, Admin
         self.attn_gate, self.mlp_gate = make_gate(cfg), make_gate(cfg)  # ReZero, LayerScale
+        self.mlp_normed_skip = cfg.placement in NORMED_SKIP
         self.drop = nn.Dropout(cfg.dropout)
-        self.profile: list | None = None  # Admin's profiling pass collects each branch's variance here
+        self.profile = None  # Admin's profiling pass (inits.AdminProfile) sets each skip's omega as it goes
 
     def forward(self, x, mask, attn_mask):  # x (B, T, d); mask (B, T) or None
         x = self.residual(x, lambda h, m: self.attn(h, attn_mask, m), self.attn_norms, self.attn_skip,
                           self.attn_gate, mask)
-        return self.residual(x, self.mlp, self.mlp_norms, self.mlp_skip, self.mlp_gate, mask)
+        return self.residual(x, self.mlp, self.mlp_norms, self.mlp_skip, self.mlp_gate, mask, self.mlp_normed_skip)
 
-    def residual(self, x, f, norms, skip, gate, mask):
+    def residual(self, x, f, norms, skip, gate, mask, normed_skip: bool = False):
         before, after_branch, after_add = norms
-        h = after_branch(self.drop(f(before(x, mask), mask)), mask)
+        n = before(x, mask)
+        h = after_branch(self.drop(f(n, mask)), mask)
+        if normed_skip:
+            x = n
         if self.profile is not None:
-            self.profile.append((h if mask is None else h[mask]).float().var())
+            self.profile.visit(skip, x, h, mask)
         return after_add(skip(x) + gate(h), mask)
 
 

@@ -15,7 +15,9 @@ by the post-step hook of poststep.py).
 
 Departures, named in docs/interventions.md: normbench's MLP is GELU (the paper's SwiGLU scales its
 two inputs by s_u and s_v; here the one input by s_v); positions are learned embeddings (the paper
-uses RoPE), normalised like the token embeddings, and h_0 = Norm(tok + pos).
+uses RoPE), normalised like the token embeddings, and h_0 = Norm(tok + pos). The token embedding is
+not scaled (model.embed_scale none) and the head is not tied to it (model.tie_embeddings false):
+config refuses the others.
 """
 from __future__ import annotations
 
@@ -53,15 +55,16 @@ class L2Norm(nn.Module):
 
 
 class ScaledL2(nn.Module):
-    """nGPT's query and key normalisation: s_qk * x / ||x||, s_qk per channel of a head (init 1, scale
-    1/sqrt(d_model))."""
+    """nGPT's query (or key) normalisation: s * x / ||x|| per head, with s one value per channel of the
+    d_model-wide projection, seen per head (init 1, scale 1/sqrt(d_model); OLMo-core's sq and sk)."""
 
-    def __init__(self, width: int, d_model: int):
+    def __init__(self, heads: int, d_model: int):
         super().__init__()
-        self.s = Scale(width, 1.0, d_model ** -0.5)
+        self.heads = heads
+        self.s = Scale(d_model, 1.0, d_model ** -0.5)
 
-    def forward(self, x, mask=None):
-        return F.normalize(x, dim=-1) * self.s()
+    def forward(self, x, mask=None):  # x (B, H, T, d_head)
+        return F.normalize(x, dim=-1) * self.s().view(self.heads, 1, -1)
 
 
 class NGPTMLP(nn.Module):
@@ -82,7 +85,7 @@ class NGPTBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0, norm_warmup: int = 0):
         super().__init__()
         dh = cfg.d_model // cfg.heads
-        qk = (ScaledL2(dh, cfg.d_model), ScaledL2(dh, cfg.d_model), Identity())
+        qk = (ScaledL2(cfg.heads, cfg.d_model), ScaledL2(cfg.heads, cfg.d_model), Identity())
         self.attn = Attention(cfg, Identity(), norms=qk, scale=math.sqrt(dh))
         self.mlp = NGPTMLP(cfg)
         self.alpha_attn = Scale(cfg.d_model, ALPHA_INIT, cfg.d_model ** -0.5)
@@ -95,8 +98,9 @@ class NGPTBlock(nn.Module):
 
 
 def step_on_sphere(h: torch.Tensor, f: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Norm(h + alpha * (Norm(f) - h)): a step from h toward the branch's output on the unit sphere."""
-    return F.normalize(h + alpha * (F.normalize(f, dim=-1) - h), dim=-1)
+    """Norm(h + |alpha| * (Norm(f) - h)): a step from h toward the branch's output on the unit sphere
+    (|alpha|, as OLMo-core's and NVIDIA's code: a step size, never a step away)."""
+    return F.normalize(h + alpha.abs() * (F.normalize(f, dim=-1) - h), dim=-1)
 
 
 @torch.no_grad()

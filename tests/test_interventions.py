@@ -25,6 +25,7 @@ from normbench.poststep import QKClip, SphereProjection, make_post_step
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(layers=2, d_model=16, heads=2, d_ff=32)
+NGPT = {"placement": "ngpt", "norm": "none", "bias": False, "embed_scale": "none", "tie_embeddings": False}
 
 
 def model(**kw) -> Transformer:
@@ -107,7 +108,7 @@ def test_qk_clip_brings_the_next_forward_to_tau(bias):
 def test_post_step_hooks_come_from_the_config():
     cfg = from_dict(tiny(train={"qk_clip": 5.0}))
     assert [type(h) for h in make_post_step(cfg)] == [QKClip]
-    cfg = from_dict(tiny(model={"placement": "ngpt", "norm": "none", "bias": False}, train={"weight_decay": 0.0}))
+    cfg = from_dict(tiny(model=NGPT, train={"weight_decay": 0.0}))
     assert [type(h) for h in make_post_step(cfg)] == [SphereProjection]
     assert make_post_step(from_dict(tiny())) == []
 
@@ -171,13 +172,19 @@ def test_norm_weight_decay_pulls_the_gain_to_zero_or_to_one(unit_offset):
 
 # --- HybridNorm, v-norm, gated attention ---
 
-def test_hybridnorm_slots():
+def test_hybridnorm_block_by_hand():
+    """y = x + Attn(QKV-norm(x)); out = Norm(y) + MLP(Norm(y)) (Zhuo et al. 2025's code); a final norm."""
     m = model(placement="hybridnorm", norm="rmsnorm")
     b = m.blocks[0]
     assert all(isinstance(n, Identity) for n in b.attn_norms)
-    assert [isinstance(n, Identity) for n in b.mlp_norms] == [True, True, False]
+    assert [isinstance(n, Identity) for n in b.mlp_norms] == [False, True, True]
     assert not any(isinstance(n, Identity) for n in (b.attn.q_norm, b.attn.k_norm, b.attn.v_norm))
-    assert isinstance(m.final_norm, Identity)
+    assert not isinstance(m.final_norm, Identity)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        y = x + b.attn(x, None, None)
+        n = b.mlp_norms[0](y)
+        torch.testing.assert_close(b(x, None, None), n + b.mlp(n))
 
 
 def test_gate_multiplies_each_head_by_sigmoid_of_its_logit():
@@ -208,8 +215,7 @@ def test_v_norm_normalises_each_heads_values():
 # --- nGPT ---
 
 def test_ngpt_weights_and_states_on_the_unit_sphere_after_a_step():
-    cfg = from_dict(tiny(model={**SMALL, "placement": "ngpt", "norm": "none", "bias": False},
-                         train={"weight_decay": 0.0}))
+    cfg = from_dict(tiny(model={**SMALL, **NGPT}, train={"weight_decay": 0.0}))
     torch.manual_seed(0)
     m = Transformer(cfg.model, 11, 8)
     hooks = make_post_step(cfg)
@@ -222,6 +228,7 @@ def test_ngpt_weights_and_states_on_the_unit_sphere_after_a_step():
         h.after_step(m)
     ones = (lambda t: torch.testing.assert_close(t, torch.ones_like(t)))
     ones(m.tok.weight.norm(dim=1))
+    ones(m.head.weight.norm(dim=1))
     for b in m.blocks:
         ones(b.attn.qkv.weight.norm(dim=1))
         ones(b.attn.proj.weight.norm(dim=0))
@@ -236,8 +243,10 @@ def test_ngpt_weights_and_states_on_the_unit_sphere_after_a_step():
 
 
 def test_ngpt_scales_are_stored_scaled():
-    m = model(placement="ngpt", norm="none", bias=False)
+    m = model(**NGPT)
     b = m.blocks[0]
+    assert b.attn.q_norm.s.param.shape == (16,) and b.attn.k_norm.s() is not b.attn.q_norm.s()  # sq, sk: d_model
+    assert m.head.weight is not m.tok.weight
     assert b.alpha_attn.param[0].item() == pytest.approx(16 ** -0.5)  # stored at alpha_scale = 1/sqrt(d)
     assert b.alpha_attn()[0].item() == pytest.approx(ALPHA_INIT)  # seen at alpha_init
     assert m.logit_scale()[0].item() == pytest.approx(1.0)
@@ -247,22 +256,21 @@ def test_ngpt_scales_are_stored_scaled():
 # --- initialisations ---
 
 def test_admin_omegas_from_the_profiling_pass_by_hand():
+    """Transformer-Clinic's rule, sublayer by sublayer: omega_1 = 1, omega_{i+1} = sqrt(Var(x_i omega_i) + Var F_i)."""
     m = model(placement="post", init="admin")
     x = torch.randint(0, 11, (4, 8))
     omegas = profile_admin(m, x, None)
-    # by hand: Post-LN with every omega at 1 is plain Post-LN; each branch's variance, cumulated from Var x_0
     with torch.no_grad():
-        h = m.embed_output(x)
-        total, want = h.var().item(), []
+        h, omega, want = m.embed_output(x), 1.0, []
         for b in m.blocks:
             for f, norms in ((lambda z: b.attn(z, None, None), b.attn_norms), (b.mlp, b.mlp_norms)):
                 out = f(h)
-                want.append(math.sqrt(total))
-                total += out.var().item()
-                h = norms[2](h + out)
-    assert omegas == pytest.approx(want, rel=1e-5)
+                want.append(omega)
+                omega = math.sqrt((h * omega).var().item() + out.var().item())
+                h = norms[2](h * want[-1] + out)
+    assert omegas == pytest.approx(want, rel=1e-5) and omegas[0] == 1.0
     assert m.blocks[1].mlp_skip.omega[0].item() == pytest.approx(want[3], rel=1e-5)
-    assert omegas == sorted(omegas)
+    assert torch.all(m.blocks[1].mlp_skip.omega == m.blocks[1].mlp_skip.omega[0])  # a vector, filled once
 
 
 def test_tfixup_scales_xavier_by_9n_to_the_minus_quarter():
@@ -310,7 +318,7 @@ def config_for(keys: dict, placement: str) -> RunConfig | None:
     model_keys = {"norm": "rmsnorm", **keys.get("model", {}), "placement": placement, **SMALL}
     train = {"steps": 3, "eval_every": 3, "measure_every": 1, **keys.get("train", {})}
     if placement == "ngpt":
-        model_keys.update(norm="none", bias=False)
+        model_keys.update({k: v for k, v in NGPT.items() if k != "placement"})
         train["weight_decay"] = 0.0
     try:
         return from_dict(tiny(model=model_keys, train=train))
@@ -337,6 +345,7 @@ REFUSED = [
     ({"init": "tfixup"}, {}, "model.init", "model.norm: none"),
     ({"init": "admin"}, {}, "model.init", "needs model.placement=post"),
     ({"placement": "ngpt"}, {}, "model.norm", "ngpt"),
+    ({"placement": "ngpt", "norm": "none", "bias": False}, {"weight_decay": 0.0}, "model.tie_embeddings", "tied head"),
     ({"qk_norm": True}, {"qk_clip": 10.0}, "train.qk_clip", "qk-norm"),
     ({"placement": "hybridnorm", "qk_norm": True}, {}, "model.qk_norm", "hybridnorm already"),
     ({"v_norm": True}, {}, "model.v_norm", "qk_norm: true"),

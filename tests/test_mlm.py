@@ -90,7 +90,7 @@ def test_every_norm_and_placement_trains_as_an_encoder(placement):
         if (placement in NEEDS_A_NORM and norm == "none") or (placement == "ngpt") != (norm == "none"):
             continue
         torch.manual_seed(0)
-        ngpt = {"bias": False} if placement == "ngpt" else {}
+        ngpt = {"bias": False, "embed_scale": "none", "tie_embeddings": False} if placement == "ngpt" else {}
         cfg = from_dict(tiny(model={"norm": norm, "placement": placement, "d_model": 16, "heads": 2,
                                     "d_ff": 32, **ngpt}, train={"weight_decay": 0.0})).model
         model = Transformer(cfg, t.vocab_size, 16, bidirectional=True).train()
