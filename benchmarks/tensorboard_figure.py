@@ -39,6 +39,16 @@ def read_run(logdir: Path) -> tuple[dict, dict]:
     return hparams, {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
 
 
+def smooth(values, weight: float = 0.9) -> list[float]:
+    """TensorBoard's own curve smoothing (an exponential moving average, debiased), at its slider's 0.9."""
+    out, last, n = [], 0.0, 0
+    for v in values:
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/tb_sweep")
@@ -67,12 +77,13 @@ def main() -> None:
             label = f"model.norm={norm}, model.placement={placement}" if i == 0 else None
             for ax, tag in zip(axes, ("loss", "val_loss")):
                 steps, values = zip(*sc[tag])
-                ax.plot(steps, values, style, color=color, alpha=0.8, lw=1.2, label=label)
-    for ax, tag in zip(axes, ("train loss (tag loss)", "validation loss (tag val_loss)")):
+                ax.plot(steps, smooth(values) if tag == "loss" else values, style, color=color, alpha=0.8, lw=1.2,
+                        label=label)
+    for ax, tag in zip(axes, ("train loss (tag loss; TensorBoard's smoothing 0.9)", "validation loss (tag val_loss)")):
         ax.set_title(tag, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(top=3.5)
+    axes[0].set_ylim(top=3.2)
     axes[1].legend(fontsize=8)
     fig.suptitle("tb_sweep read from its TensorBoard event files, grouped by the hparams (the sweep's factors); "
                  "one line per seed", fontsize=9)

@@ -40,13 +40,15 @@ PLACEMENTS = {
     "subln": "SubLN (Magneto, Wang et al. 2022): Pre-LN plus a norm inside each branch (before attention's output "
              "projection, after the MLP's activation); fc1, fc2, value and output projections init times "
              "sqrt(ln 2N)",
-    "hybridnorm": "HybridNorm (Zhuo et al. 2025): attention x + Attn(x) with q, k and v each normalised per head "
-                  "(QKV-norm, model.norm), then Post-LN around the MLP: norm(x + MLP(x)); no final norm",
+    "hybridnorm": "HybridNorm (Zhuo et al. 2025): y = x + Attn(x) with q, k and v each normalised per head "
+                  "(QKV-norm, model.norm) and no norm on attention's input, then Norm(y) + MLP(Norm(y)) (the MLP's "
+                  "residual starts from the normed stream, as the paper's code); a final norm",
     "ngpt": "the normalized Transformer, nGPT (Loshchilov et al. 2024): h <- Norm(h + alpha*(Norm(F(h)) - h)) "
             "with L2 norms, per-channel alpha (eigen learning rates, init 0.05, stored scaled by 1/sqrt(d)); "
             "q and k L2-normalised then scaled by s_qk, softmax scale sqrt(d_head); MLP input scaled by "
             "s_v*sqrt(d); logits times s_z; embeddings and every matrix along d_model back on the unit sphere "
-            "after each step. Needs model.norm none, model.bias false, train.weight_decay 0",
+            "after each step. Needs model.norm none, model.bias false, model.embed_scale none, "
+            "model.tie_embeddings false, train.weight_decay 0",
 }
 # a run folder's weights: its last checkpoint (train.checkpoint_every; removed once the run is complete)
 # and its final weights (train.save_final)

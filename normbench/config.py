@@ -74,8 +74,8 @@ class ModelConfig:
         "residual projections scaled by 1/sqrt(2N), zero biases), torch (PyTorch's nn.Linear default: "
         "uniform, std 1/sqrt(3*fan_in), biases too), depth_scaled (torchtitan: N(0,0.02), the residual "
         "projections of block l N(0, 0.02/sqrt(2(l+1)))), admin (Liu et al. 2020, placement post: the "
-        "residual x*omega_i + F_i(x) with omega_i = sqrt(Var x_0 + sum_{j<i} Var F_j) from one profiling "
-        "forward at initialisation) or tfixup (Huang et al. 2020, model.norm none: Xavier, embeddings "
+        "residual x*omega_i + F_i(x), omega_1 = 1 and omega_{i+1} = sqrt(Var(x_i omega_i) + Var F_i) set "
+        "sublayer by sublayer in one profiling forward at initialisation) or tfixup (Huang et al. 2020, model.norm none: Xavier, embeddings "
         "N(0, d^-1/2), v, output, MLP and embedding weights times (9N)^-1/4)")
     head_std: Optional[float] = opt(
         None, "std of the N(0, std) init of an untied LM head; null: d_model^-1/2 (fairseq's output "
@@ -206,9 +206,9 @@ class RunConfig:
         and the same text in another folder resumes. A plugin norm counts by its file's SHA-256.
         """
         d = self.to_dict()
-        d.pop("device")
-        for key in ("compile", "checkpoint_every", "save_final"):  # how a run executes and what it keeps
-            d["train"].pop(key)
+        for key in EXECUTION_KEYS:  # how a run executes and what it keeps, not what it is
+            section, _, name = key.rpartition(".")
+            (d[section] if section else d).pop(name)
         for key, default in LATER_KEYS.items():  # added after 0.3.0: in the id only when set
             section, name = key.split(".")
             if d[section][name] == default:
@@ -236,6 +236,10 @@ LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_no
               "model.layerscale_init": 0.1, "model.norm_affine": "full", "model.norm_unit_offset": False,
               "model.v_norm": False, "model.attn_gate": False, "model.attn_sinks": False,
               "train.norm_weight_decay": 0.0, "train.qk_clip": None}
+
+# keys that say how a run executes and what it keeps, not what it computes: out of the run id, and never a
+# factor compare groups by (a sweep begun on a laptop resumes on a GPU box, with checkpoints turned on)
+EXECUTION_KEYS = ("device", "train.compile", "train.checkpoint_every", "train.save_final")
 
 # keys that were removed, with what replaced them (one clear line instead of "unknown key")
 REMOVED_KEYS = {"train.eval_batches": "removed in 0.5.0: the validation set is now fixed in tokens, whatever the "

@@ -146,6 +146,7 @@ class Wandb(Tracker):
         self.run = wandb.init(mode=mode, dir=str(info.run_dir), project=os.environ.get("WANDB_PROJECT", "normbench"),
                               group=info.recipe, name=f"{info.run_id} ({info.label()})", id=info.run_id,
                               tags=[t[:64] for t in tags], config={**info.config, **info.tags}, reinit=True,
+                              resume="allow",  # a rerun of the same run id (a resumed checkpoint) continues it
                               settings=wandb.Settings(console="off", disable_git=True, save_code=False,
                                                       x_disable_stats=True))
 

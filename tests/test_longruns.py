@@ -322,3 +322,32 @@ def test_an_unknown_tracker_is_one_line_exit_2(tmp_path):
     res = RUNNER.invoke(app, ["run", str(p), "--out", str(tmp_path / "res"), "--log", "neptune"])
     assert res.exit_code == 2 and "--log" in res.output and "tensorboard, wandb, mlflow" in res.output
     assert not (tmp_path / "res" / "u").exists() or not any((tmp_path / "res" / "u").glob("*/summary.json"))
+
+
+def test_sample_falls_back_to_the_last_checkpoint(tmp_path):
+    """A run stopped after a checkpoint (no model.pt yet) is sampled from its checkpoint."""
+    from normbench.sampling import sample as generate
+    from normbench.trainer import train
+
+    class Stop(Exception):
+        pass
+
+    def stop(path):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(from_dict(tiny(train={"checkpoint_every": 4})), tmp_path, threads=1, on_checkpoint=stop)
+    out = generate(tmp_path, "de", tokens=5, seed=1)
+    assert out["from"] == "checkpoint.pt" and out["step"] == 4 and len(out["ids"]) == 5
+
+
+def test_execution_keys_never_split_a_comparison():
+    """Runs made before the checkpoint keys existed (no column) and after (0, False) are one group."""
+    import pandas as pd
+
+    from normbench.analysis.compare import varied_factors
+
+    runs = pd.DataFrame({"model.norm": ["layernorm", "rmsnorm", "layernorm", "rmsnorm"],
+                         "train.checkpoint_every": [0, 0, None, None], "train.save_final": [False, False, None, None],
+                         "train.compile": [False, True, False, True]})
+    assert varied_factors(runs) == ["model.norm"]

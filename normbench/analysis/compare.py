@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..sweep import store
-from ..config import config_keys
+from ..config import EXECUTION_KEYS, config_keys
 from ..dotted import matches, resolve_key, suggest
 from ..errors import NormbenchError
 from ..numbers import none_if_missing
@@ -38,7 +38,7 @@ SPEED_NOTE = ("tok/s is each run's own throughput while the sweep's runs shared 
 CURVE_KEYS = PROFILES
 LR = "train.lr"
 # config keys that never count as factors: seeds are what we aggregate over; device is where, not what
-NOT_FACTORS = {"seed", "device"}
+NOT_FACTORS = {"seed", *EXECUTION_KEYS}  # keys that never split a comparison
 
 
 
