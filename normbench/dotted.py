@@ -18,6 +18,17 @@ def get_dotted(cfg_dict: dict, key: str) -> Any:
     return node
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as one level of dotted keys: {"model": {"norm": x}} -> {"model.norm": x}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def set_dotted(raw: dict, key: str, value: Any) -> None:
     """Set ``key`` (``model.norm``, ``seed``) in a raw nested dict, creating sections."""
     parts = key.split(".")

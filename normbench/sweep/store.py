@@ -22,12 +22,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from ..catalog import CHECKPOINT
 from ..config import LATER_KEYS
+from ..dotted import flatten
 from ..measures import INDEX_SKIP
 from ..errors import NormbenchError
 
@@ -136,15 +136,6 @@ def write_record(run_dir: Path, record: dict) -> None:
     else:
         write_error(run_dir, record.get("error") or "the worker returned no summary\n")
 
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def read_run(run_dir: Path, keep: tuple = ()) -> dict | None:
