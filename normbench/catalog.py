@@ -53,6 +53,16 @@ PLACEMENTS = {
 # a run folder's weights: its last checkpoint (train.checkpoint_every; removed once the run is complete)
 # and its final weights (train.save_final)
 CHECKPOINT, WEIGHTS = "checkpoint.pt", "model.pt"
+INITS = {
+    "xavier": "Xavier-normal, zero biases (fairseq: Xiong et al., DeepNet)",
+    "gpt2": "N(0, 0.02), the residual projections times 1/sqrt(2N), zero biases (GPT-2, nanoGPT)",
+    "torch": "PyTorch's nn.Linear default: uniform, std 1/sqrt(3*fan_in), biases too",
+    "depth_scaled": "torchtitan: N(0, 0.02), the residual projections of block l N(0, 0.02/sqrt(2(l+1)))",
+    "admin": "Admin (Liu et al. 2020), placement post: Xavier, then each skip x*omega_i set by one profiling "
+             "forward: omega_1 = 1, omega_{i+1} = sqrt(Var(x_i omega_i) + Var F_i)",
+    "tfixup": "T-Fixup (Huang et al. 2020), model.norm none: Xavier, embeddings N(0, d^-1/2), v, output, MLP "
+              "and embeddings times (9N)^-1/4",
+}
 # tasks trained as an encoder (bidirectional attention): no causal leak to warn of or to measure
 ENCODER_TASKS = ("mlm",)
 # placements whose every norm slot would be an identity with model.norm: none (a plain residual stack)

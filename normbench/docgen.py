@@ -31,11 +31,11 @@ def keys_table() -> str:
 
 
 def names_table() -> str:
-    from .catalog import NORMS, PLACEMENTS, TASKS
+    from .catalog import INITS, NORMS, PLACEMENTS, TASKS
 
     out = []
     for title, items in (("Norms (`model.norm`)", NORMS), ("Placements (`model.placement`)", PLACEMENTS),
-                         ("Tasks (`data.task`)", TASKS)):
+                         ("Initialisations (`model.init`)", INITS), ("Tasks (`data.task`)", TASKS)):
         out += [f"**{title}**", "", "| name | what it is |", "|---|---|"]
         out += [f"| `{name}` | {cell(text)} |" for name, text in items.items()] + [""]
     return "\n".join(out)

@@ -42,6 +42,9 @@ def check_interventions(cfg, problems: Problems) -> None:
     if m.init == "admin" and m.placement != "post":
         refuse("model.init", f"model.init=admin sets Post-LN's residual scales omega (Liu et al. 2020); it needs "
                              f"model.placement=post (got {m.placement})")
+    elif m.init == "admin" and m.norm == "none":
+        refuse("model.init", "model.init=admin scales the skip of LN(x*omega + F(x)) (Liu et al. 2020); it needs a "
+                             "norm (model.norm is none)")
     if m.init == "tfixup" and (m.norm != "none" or m.qk_norm):
         refuse("model.init", "model.init=tfixup replaces the norms (Huang et al. 2020); set model.norm: none and "
                              "model.qk_norm: false")
@@ -52,9 +55,8 @@ def check_interventions(cfg, problems: Problems) -> None:
             ("model.embed_scale", m.embed_scale, "none"), ("model.tie_embeddings", m.tie_embeddings, False),
             ("train.weight_decay", t.weight_decay, 0.0)) if v != want]
         for k, v, want in wrong:
-            refuse(k, f"model.placement=ngpt normalises hidden states, queries, keys and weights itself, without "
-                      f"biases, weight decay, an embedding scale or a tied head (Loshchilov et al. 2024): set {k}: "
-                      f"{str(want).lower()} (got {str(v).lower()})")
+            refuse(k, f"model.placement=ngpt (Loshchilov et al. 2024) needs {k}: {str(want).lower()} (got "
+                      f"{str(v).lower()}); docs/interventions.md says why")
         if m.init in ("admin", "tfixup"):
             refuse("model.init", f"model.init={m.init} scales weights that model.placement=ngpt puts back on the "
                                  "unit sphere; use xavier, gpt2, torch or depth_scaled")

@@ -5,8 +5,10 @@ run's worker (the local child, the Ray task) builds its trackers and feeds them:
 metrics.jsonl row as it is written (the step and its values), the resolved config as
 hyperparameters at the start, the summary at the end, and tags naming the recipe, the run id and
 the run's factors (the keys its sweep varies, as ``compare`` groups by), so a sweep groups by its
-factors in the dashboard. A tracker that fails gives one warning and is dropped: the run goes on
-and its own files are written as always. Where each writes:
+factors in the dashboard. A run resumed from a checkpoint logs its rows so far again first (they
+travel in the checkpoint), so every tracker holds the whole run. A tracker that fails gives one
+line on stderr and is dropped: the run goes on and its own files are written as always. Where
+each writes:
 
 - tensorboard: ``RUN/tensorboard/`` (torch's SummaryWriter; the hparams plugin holds the factors):
   ``tensorboard --logdir RESULTS/RECIPE``;
@@ -21,8 +23,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +32,6 @@ from .dotted import flatten
 from .errors import NormbenchError
 
 EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> the module it needs
-
-
-class TrackerWarning(UserWarning):
-    pass
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,12 @@ def check(names) -> tuple[str, ...]:
     import importlib.util
 
     out = []
+    from .dotted import suggest
+
     for name in names or ():
         if name not in EXTRAS:
-            raise NormbenchError(f"expected {', '.join(EXTRAS)}, got {name!r}", key="--log")
+            raise NormbenchError(f"expected {', '.join(EXTRAS)}, got {name!r}{suggest(name, list(EXTRAS))}",
+                                 key="--log")
         if importlib.util.find_spec(EXTRAS[name]) is None:
             raise NormbenchError(f"--log {name} needs {EXTRAS[name]}: pip install -c constraints.txt -e "
                                  f"\".[{name}]\"", key="--log")
@@ -134,13 +135,14 @@ class Wandb(Tracker):
         import wandb
 
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")  # no console output of its own beside normbench's
         tags = [info.recipe, info.run_id] + [f"{k}={v}" for k, v in info.factors.items()]
         self.run = wandb.init(mode=mode, dir=str(info.run_dir), project=os.environ.get("WANDB_PROJECT", "normbench"),
                               group=info.recipe, name=f"{info.run_id} ({info.label()})", id=info.run_id,
-                              tags=[t[:64] for t in tags], config={**info.config, **info.tags}, reinit=True,
-                              resume="allow",  # a rerun of the same run id (a resumed checkpoint) continues it
+                              tags=[t[:64] for t in tags], config={**info.config, **info.tags},
+                              resume="allow" if mode == "online" else None,  # a resumed run's id exists online
                               settings=wandb.Settings(console="off", disable_git=True, save_code=False,
-                                                      x_disable_stats=True))
+                                                      x_disable_stats=True, silent=True))
 
     def log(self, row):
         self.run.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=row["step"])
@@ -173,6 +175,9 @@ class Mlflow(Tracker):
                 exp_id = self.client.get_experiment_by_name(info.recipe).experiment_id
         else:
             exp_id = exp.experiment_id
+        for stale in self.client.search_runs([exp_id], filter_string=f"tags.run_id = '{info.run_id}' and "
+                                                                      "attributes.status = 'RUNNING'"):
+            self.client.set_terminated(stale.info.run_id, "KILLED")  # an interrupted attempt: this one replaces it
         tags = {"recipe": info.recipe, "run_id": info.run_id, **{f"factor.{k}": str(v) for k, v in info.factors.items()},
                 **{k: str(v) for k, v in info.tags.items()}}
         self.run_id = self.client.create_run(exp_id, run_name=f"{info.run_id} ({info.label()})", tags=tags).info.run_id
@@ -223,8 +228,9 @@ class Guarded:
             if self.t is None and isinstance(out, Tracker):
                 self.t = out
         except Exception as e:  # noqa: BLE001 - a dashboard never takes a run down
-            warnings.warn(f"--log {self.name}: {type(e).__name__}: {e}; this run goes on without it",
-                          TrackerWarning, stacklevel=2)
+            text = " ".join(str(e).split())[:300]
+            print(f"warning: --log {self.name}: {type(e).__name__}: {text}; this run goes on without it",
+                  file=sys.stderr, flush=True)
             self.t = None
 
     def log(self, row):

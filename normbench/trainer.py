@@ -148,11 +148,16 @@ class MetricsLog:
             self.f.flush()
 
     def restart(self, text: str) -> None:
-        """Start again from a checkpoint's copy of the log (resume)."""
+        """Start again from a checkpoint's copy of the log (resume); the trackers get those rows again,
+        so a dashboard holds the whole run."""
         if self.f:
             self.f.close()
             self.path.write_text(text)
             self.f = open(self.path, "a")
+        for line in text.splitlines():
+            row = json.loads(line)
+            for t in self.trackers:
+                t.log(row)
 
     def close(self) -> None:
         if self.f:

@@ -46,9 +46,9 @@ def test_every_summary_field_and_log_column_is_documented():
 
 
 def test_every_name_is_documented():
-    from normbench.catalog import NORMS, PLACEMENTS, TASKS
+    from normbench.catalog import INITS, NORMS, PLACEMENTS, TASKS
 
-    assert first_cells(section("names")) == [*NORMS, *PLACEMENTS, *TASKS]
+    assert first_cells(section("names")) == [*NORMS, *PLACEMENTS, *INITS, *TASKS]
 
 
 def test_every_command_and_option_is_documented():

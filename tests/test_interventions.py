@@ -345,7 +345,8 @@ REFUSED = [
     ({"init": "tfixup"}, {}, "model.init", "model.norm: none"),
     ({"init": "admin"}, {}, "model.init", "needs model.placement=post"),
     ({"placement": "ngpt"}, {}, "model.norm", "ngpt"),
-    ({"placement": "ngpt", "norm": "none", "bias": False}, {"weight_decay": 0.0}, "model.tie_embeddings", "tied head"),
+    ({"placement": "ngpt", "norm": "none", "bias": False}, {"weight_decay": 0.0}, "model.tie_embeddings",
+     "ngpt (Loshchilov et al. 2024) needs model.tie_embeddings: false"),
     ({"qk_norm": True}, {"qk_clip": 10.0}, "train.qk_clip", "qk-norm"),
     ({"placement": "hybridnorm", "qk_norm": True}, {}, "model.qk_norm", "hybridnorm already"),
     ({"v_norm": True}, {}, "model.v_norm", "qk_norm: true"),
@@ -409,3 +410,13 @@ def test_a_claim_may_select_a_key_at_null():
     for v in (None, float("nan")):
         assert matches(v, "None") and matches(v, "null") and not matches(v, "50.0")
     assert matches(50.0, "50.0") and not matches(50.0, "None")
+
+
+def test_the_inits_are_named_once_in_each_place_that_lists_them():
+    import typing
+
+    from normbench.catalog import INITS as DOCS
+    from normbench.config import Init
+    from normbench.inits import INITS
+
+    assert list(DOCS) == list(typing.get_args(Init)) and set(INITS) == set(DOCS)

@@ -356,8 +356,10 @@ def grad_norm_init_lines(c: Comparison) -> list[tuple]:
 def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = None) -> Path | None:
     """Per-layer feed-forward gradient norm at initialisation (before clipping), seed mean, log scale;
     one line per combination of the factors that can change it (model, data, batch size...), so a
-    warmup or lr sweep draws one line per placement rather than identical copies; n counts seeds."""
-    lines = grad_norm_init_lines(c)
+    warmup or lr sweep draws one line per placement rather than identical copies; n counts seeds. A
+    line with no positive value (ReZero's gates start at 0: no FFN gradient at step 0) has no place on
+    a log scale and is left out."""
+    lines = [line for line in grad_norm_init_lines(c) if any(v > 0 for v in line[3][1])]
     if not lines:
         return None
     plt = _pyplot()

@@ -44,9 +44,19 @@ def _result_text(status: str, run_dir) -> str:
 
 
 def _begin_text(recipe, plan, jobs, threads) -> str:
+    from . import store
+
     done = len(recipe.runs) - len(plan.todo)
     text = (f"{recipe.name}: {len(recipe.runs)} runs ({done} already done, {len(plan.todo)} to run), "
             f"{jobs} at a time x {threads} thread{'s' if threads > 1 else ''} -> {plan.recipe_dir}")
+    todo = {r.run_id for r in plan.todo}
+    ckpt = [r.run_id for r in recipe.runs if (plan.recipe_dir / r.run_id / store.CHECKPOINT).exists()]
+    resumed, waiting = [i for i in ckpt if i in todo], [i for i in ckpt if i not in todo]
+    if resumed:
+        text += f"\n{len(resumed)} of them resume from their checkpoint"
+    if waiting:  # crashed runs are redone only with --retry-failed
+        text += (f"\n{len(waiting)} crashed run(s) hold a checkpoint ({', '.join(waiting[:3])}"
+                 f"{', ...' if len(waiting) > 3 else ''}): --retry-failed resumes them from it")
     if recipe.claims and recipe.claims_ids is not None:
         text += ("\n--set changed the run ids: the recipe's claims stay judged on its runs as written "
                  "(claims.yaml left alone); `normbench claims` does not count these runs")

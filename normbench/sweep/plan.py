@@ -60,6 +60,16 @@ def warmup_warning(recipe: Recipe) -> str | None:
             f"shorten the warmup too (--set train.warmup_steps=N) to study the recipe's learning rate")
 
 
+def checkpoint_warning(recipe: Recipe) -> str | None:
+    """One line when train.checkpoint_every is set but no run is long enough to write a checkpoint."""
+    never = [r for r in recipe.runs if r.cfg.train.checkpoint_every >= r.cfg.train.steps]
+    if not never:
+        return None
+    t = never[0].cfg.train
+    return (f"{len(never)} of {len(recipe.runs)} run(s) never write a checkpoint: train.checkpoint_every="
+            f"{t.checkpoint_every} >= train.steps={t.steps} (a checkpoint is written every N steps before the last)")
+
+
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """Every warning about a recipe that trains but not as its keys suggest (printed by ``run``)."""
-    return [w for w in (causality_warning(recipe), warmup_warning(recipe)) if w]
+    return [w for w in (causality_warning(recipe), warmup_warning(recipe), checkpoint_warning(recipe)) if w]
