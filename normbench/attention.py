@@ -52,6 +52,7 @@ class Attention(nn.Module):
         self.full_qk = cfg.qk_norm and cfg.qk_norm_scope == "full"  # OLMo 2: the whole projection, before the split
         self.q_norm, self.k_norm, self.v_norm = norms or qkv_norms(cfg, cfg.d_model if self.full_qk else self.d_head)
         self.scale = self.d_head ** -0.5 if scale is None else scale
+        self.sdpa_scale = scale  # None: SDPA's own default 1/sqrt(d_head), bit for bit
         self.cap = cfg.softcap_attn
         self.sinks = nn.Parameter(torch.zeros(cfg.heads)) if cfg.attn_sinks else None  # gpt-oss: one logit a head
         self.gate = nn.Linear(cfg.d_model, cfg.heads, bias=cfg.bias) if cfg.attn_gate else None  # Qiu et al. 2025
@@ -76,9 +77,8 @@ class Attention(nn.Module):
         if self.track_max and self.training:
             self.logit_max = logit_max(q, k, attn_mask, self.causal, self.scale)
         if self.cap is None and self.sinks is None:
-            scale = None if self.scale == self.d_head ** -0.5 else self.scale  # SDPA's own default, bit for bit
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
-                                               dropout_p=self.dropout if self.training else 0.0, scale=scale)
+                                               dropout_p=self.dropout if self.training else 0.0, scale=self.sdpa_scale)
         else:
             p = attention_probs(q, k, allowed_keys(attn_mask, self.causal, q.shape[2], q.device), self.scale,
                                 self.cap, self.sinks)

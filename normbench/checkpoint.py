@@ -84,8 +84,9 @@ def codec(run) -> dict:
     """What sampling needs to turn ids back into text: the vocabulary, the tokenizer (a BPE's JSON), the
     mask id of an encoder, and a start token for an empty prompt (the validation set's first)."""
     task = run.task
-    return {"vocab": list(task.vocab), "tokenizer": getattr(task.cfg, "tokenizer", "char") if task.cfg.task not in
-            ("tokens", "copy", "reverse") else task.cfg.task, "tokenizer_json": getattr(task, "tokenizer_json", None),
+    synthetic = task.cfg.task in ("tokens", "copy", "reverse")  # no tokenizer: the task names its vocabulary
+    return {"vocab": list(task.vocab), "tokenizer": task.cfg.task if synthetic else task.cfg.tokenizer,
+            "tokenizer_json": getattr(task, "tokenizer_json", None),
             "causal": task.causal, "mask": getattr(task, "MASK", None),
             "text": task.cfg.task == "tokens" and any(len(v) == 1 for v in task.vocab[1:]),
             "start": int(run.evalset.chunks[0][0][0, 0])}

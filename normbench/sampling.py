@@ -28,8 +28,12 @@ def load(run_dir: Path):
     if path is None:
         raise NormbenchError("no weights saved in this run folder: train with train.save_final: true (model.pt) "
                              "or train.checkpoint_every N (checkpoint.pt)", key=str(run_dir))
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "codec" not in state:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line, not a traceback
+        raise NormbenchError(f"cannot read {path.name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                             key=str(run_dir)) from None
+    if not isinstance(state, dict) or "codec" not in state:
         raise NormbenchError(f"{path.name} was written by an older normbench and lacks its vocabulary; "
                              "retrain with train.save_final: true", key=str(run_dir))
     cfg = from_dict({**state["config"], "device": "cpu"})
@@ -115,7 +119,6 @@ def sample(run_dir: Path, prompt: str = "", tokens: int = 200, temperature: floa
     ids = c.encode(prompt) if prompt else []
     if not ids:
         ids = [codec["start"]]  # no prompt: start from a frequent token (the first of the validation set)
-    torch.manual_seed(seed)
     new = generate(model, ids, tokens, temperature, seed, cfg.data.seq_len, codec.get("mask"))
     text = c.decode(new)
     joined = prompt + ("" if c.text or not prompt else " ") + text  # token names are separated by spaces

@@ -388,3 +388,9 @@ def test_a_resumed_run_logs_its_whole_history(tmp_path):
     ea.Reload()
     assert summary["resumed_from"] == 4
     assert [e.step for e in ea.Scalars("loss")] == list(range(1, 13))
+
+
+def test_sample_refuses_an_unreadable_weights_file_in_one_line(tmp_path):
+    (tmp_path / "model.pt").write_text("not a checkpoint")
+    code, out = sample(tmp_path)
+    assert code == 2 and "cannot read model.pt" in out and "Traceback" not in out

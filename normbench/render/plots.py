@@ -373,7 +373,7 @@ def grad_norm_init(c: Comparison, path: str | Path, palette: Palette | None = No
     ax.xaxis.get_major_locator().set_params(integer=True)
     log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside: never over the data
     return _save(fig, path)
 
 
