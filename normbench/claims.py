@@ -29,7 +29,10 @@ Options: ``where`` (the runs the claim is about), ``scale`` (linear or log; log 
 multiplicative metrics, and its margin is a factor: ``margin: 2`` is "at least twice"), ``across``
 (every: the claim must hold in every setting of the other varied keys; average: one test blocked by
 setting), ``paired`` (true: per-seed differences where the arms share their seeds; false: Welch) and
-``effect`` (the smallest effect of interest that ``seeds needed`` and ``--settle`` size for).
+``effect`` (the smallest effect of interest: ``seeds needed`` is sized for it, and a claim whose
+effect is significantly below it stops as not held), ``family`` (the claims whose error is
+controlled together; default: the claims of one ``source`` in one recipe), ``looks`` (the seeds per
+arm at which ``--settle`` looks; default 3, 6, 10, 16, 24) and ``spending`` (pocock or obf).
 The verdict rule is in ledger.py and docs/claims.md.
 """
 from __future__ import annotations
@@ -42,7 +45,8 @@ from .errors import NormbenchError, Problems
 from .measures import BINARY, CLAIM_METRICS, LOG_SCALE
 
 CLAIM_KEYS = ("source", "statement", "metric", "where", "higher", "lower", "same", "candidate", "reference",
-              "larger_at", "smaller_at", "margin", "scale", "across", "paired", "effect")
+              "larger_at", "smaller_at", "margin", "scale", "across", "paired", "effect", "family", "looks",
+              "spending")
 KINDS = ("directional", "same", "noninferior", "interaction")
 CLAIMS_FILE = "claims.yaml"  # written into a recipe's results folder, so `normbench claims RESULTS` finds them
 VERDICTS = ("held", "not held", "inconclusive")
@@ -60,6 +64,9 @@ class Claim:
     across: str = "every"
     paired: bool = True
     effect: float | None = None
+    family: str | None = None  # None: the claims of one source in one recipe
+    looks: tuple | None = None  # None: sequential.SCHEDULE
+    spending: str = "pocock"
     larger_at: dict = field(default_factory=dict)  # interaction only
     smaller_at: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, compare=False)  # as written, for claims.yaml
@@ -154,12 +161,28 @@ def _claim(item: Any, where: str, runs) -> Claim:
         what = "a factor > 1 on the log scale (2: twice)" if scale == "log" else "a number > 0"
         problems.add(NormbenchError(f"expected {what}, got {effect!r}", key=f"{where}.effect"))
         effect = None
+    family = item.get("family")
+    if family is not None and (not isinstance(family, str) or not family.strip()):
+        problems.add(NormbenchError(f"expected a non-empty string, got {family!r}", key=f"{where}.family"))
+        family = None
+    looks = item.get("looks")
+    if looks is not None and not (isinstance(looks, list) and looks
+                                  and all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in looks)
+                                  and all(a < b for a, b in zip(looks, looks[1:]))):
+        problems.add(NormbenchError(f"expected increasing seed counts >= 2, e.g. [3, 6, 10, 16, 24], got {looks!r}",
+                                    key=f"{where}.looks"))
+        looks = None
+    spending = item.get("spending", "pocock")
+    if spending not in ("pocock", "obf"):
+        problems.add(NormbenchError(f"expected pocock or obf, got {spending!r}", key=f"{where}.spending"))
+        spending = "pocock"
     if metric in BINARY:
         check_rate(metric, kind, margin != default_margin, across, scale, where, problems)
     sel = groups_of(item, kind, where, runs, problems)
     problems.raise_any()
     return Claim(item["source"].strip(), item["statement"].strip(), metric, sel["where"], sel["a"], sel["b"], kind,
                  float(margin), scale, across, paired, None if effect is None else float(effect),
+                 family.strip() if family else None, tuple(looks) if looks else None, spending,
                  sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=item)
 
 

@@ -51,7 +51,10 @@ def describe_arm(claim: Claim, values: dict) -> str:
 
 
 def describe_contrast(claim: Claim, c: Contrast) -> str:
-    if claim.metric in BINARY:
+    if c.method.startswith("McNemar"):
+        only_a, only_b = c.data
+        return f"{c.method}, {only_a} seeds diverged or failed in the first arm only, {only_b} in the second only"
+    if claim.metric in BINARY or c.method.startswith("Fisher"):
         return f"{c.method}"
     lo, hi = c.interval()
     if claim.scale == "log":
@@ -78,7 +81,8 @@ def evidence_text(claim: Claim, res: dict) -> str:
             arms = f"{group_name(claim.a)} {describe_arm(claim, vals[0])} vs {group_name(claim.b)} " \
                    f"{describe_arm(claim, vals[1])}"
         p = "p = -" if math.isnan(s["p"]) else f"p = {s['p']:.2g}"
-        test = "too few seeds to test" if not c.testable else f"{describe_contrast(claim, c)}, {p}"
+        test = (c.method if c.method.startswith("untestable") else "too few seeds to test") if not c.testable \
+            else f"{describe_contrast(claim, c)}, {p}"
         more = f"; ~{s['needed']} seeds per arm would settle it" if s.get("needed") else ""
         parts.append(f"{where}{arms}; {test} → {s['verdict']}{more}")
     return " | ".join(parts)

@@ -43,12 +43,12 @@ from ..claims import CLAIMS_FILE, Claim, parse_claims
 from ..measures import AT_INIT, BINARY, run_value
 from .evidence import evidence_text
 from ..errors import NormbenchError
-from .stats import (ALPHA, Contrast, combine, holm, paired, rates, seeds_for, sigma_upper, stein,
-                    tie_diff, unpaired)
+from .stats import (ALPHA, Contrast, combine, exact_seeds, holm, paired, paired_rates, rates, seeds_for,
+                    sigma_upper, tie_diff, unpaired)
 
-SETTLE_FILE = "settle.yaml"  # the second stages of settled claims (settle.py), beside claims.yaml
-COLUMNS = ["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted", "p_against",
-           "p_against_adjusted", "seeds", "seeds_needed", "metric", "settings"]
+SETTLE_FILE = "settle.yaml"  # each settled claim's design and looks (settle.py), beside claims.yaml
+COLUMNS = ["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted", "family", "q_ledger",
+           "p_against", "p_against_adjusted", "seeds", "seeds_needed", "looks", "metric", "settings"]
 
 
 def select(runs: pd.DataFrame, selector: dict[str, list]) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def cells(claim: Claim, runs: pd.DataFrame) -> list[pd.DataFrame]:
 def is_paired(claim: Claim, parts: list[pd.DataFrame]) -> bool:
     """Paired by design: the claim allows it and every arm holds the same seeds (not by the values)."""
     seeds = [seeds_of(p) for p in parts]
-    return claim.paired and claim.metric not in BINARY and bool(seeds[0]) and all(s == seeds[0] for s in seeds)
+    return claim.paired and bool(seeds[0]) and all(s == seeds[0] for s in seeds)
 
 
 def tied_failures(values: list[dict]) -> bool:
@@ -127,21 +127,50 @@ def seed_contrasts(claim: Claim, values: list[dict]) -> dict:
     return {s: v for s, v in out.items() if not math.isnan(v)}
 
 
-def contrast(claim: Claim, parts: list[pd.DataFrame], stage1: list | None = None) -> tuple[Contrast, list[dict]]:
+def contrast(claim: Claim, parts: list[pd.DataFrame]) -> tuple[Contrast, list[dict]]:
     """The setting's test, and each arm's {seed: value}."""
     values = [arm(p, claim) for p in parts]
     if claim.metric in BINARY:
+        if is_paired(claim, parts) and set(values[0]) == set(values[1]):
+            return paired_rates(values[0], values[1]), values
         return rates(list(values[0].values()), list(values[1].values())), values
-    if stage1:  # a settled setting is judged by Stein's test, on the seeds every arm has, whatever else
-        diffs = seed_contrasts(claim, values)
-        order = [s for s in stage1 if s in diffs] + sorted(s for s in diffs if s not in stage1)
-        return stein([diffs[s] for s in order], len([s for s in stage1 if s in diffs])), values
+    if divergence_decides(claim, values):
+        return divergence(claim, parts, values), values
+    if constant(values):
+        return Contrast("untestable: no arm varies", math.nan, tuple(len(v) for v in values)), values
     if is_paired(claim, parts):
         diffs = seed_contrasts(claim, values)
         return paired(list(diffs.values()), rank=tied_failures(values)), values
     if claim.kind == "interaction":
         return interaction_unpaired(values), values
     return unpaired(list(values[0].values()), list(values[1].values())), values
+
+
+def constant(values: list[dict]) -> bool:
+    """Every arm's runs give one and the same value (a measurement that never fires: 0 against 0):
+    no test can say anything, and none is run (never p = 1)."""
+    vals = [x for v in values for x in v.values()]
+    return len(vals) > 2 and all(x == vals[0] for x in vals) and math.isfinite(vals[0])
+
+
+def divergence_decides(claim: Claim, values: list[dict]) -> bool:
+    """Every run of one arm diverged and every run of the other finished: a loss has nothing to
+    compare, the divergence rate is the evidence (two arms; an interaction keeps its rank test)."""
+    if claim.kind == "interaction" or not all(values):
+        return False
+    failed = [[math.isinf(v) for v in vals.values()] for vals in values]
+    return (all(failed[0]) and not any(failed[1])) or (all(failed[1]) and not any(failed[0]))
+
+
+def divergence(claim: Claim, parts: list[pd.DataFrame], values: list[dict]) -> Contrast:
+    """The divergence rates of the two arms (1 where the loss is +inf): McNemar's exact test where the
+    arms hold the same seeds, else Fisher's; a diverged run's loss is never replaced by a number."""
+    rate = [{s: float(math.isinf(v)) for s, v in vals.items()} for vals in values]
+    if is_paired(claim, parts) and set(rate[0]) == set(rate[1]):
+        c = paired_rates(rate[0], rate[1])
+    else:
+        c = rates(list(rate[0].values()), list(rate[1].values()))
+    return Contrast(f"{c.method} (divergence)", c.d, c.n, data=c.data)
 
 
 def interaction_unpaired(values: list[dict]) -> Contrast:
@@ -159,21 +188,44 @@ def interaction_unpaired(values: list[dict]) -> Contrast:
                     se=math.sqrt(var), df=df)
 
 
-def p_values(claim: Claim, c: Contrast) -> tuple[float, float]:
-    """(p for the claim, p against it) in one setting (see the module docstring)."""
+def p_values(claim: Claim, c: Contrast) -> tuple[float, float, float]:
+    """(p for the claim, p against it, p that it falls short of its effect of interest) in one setting
+    (see the module docstring). A divergence rate decides on its direction alone: a diverged arm is
+    worse than the other by more than any margin, and short of no effect."""
+    if "(divergence)" in c.method:
+        above, below = c.p_above(0.0), c.p_below(0.0)
+        if claim.kind == "same":
+            return 1.0, min(1.0, 2 * min(above, below)), math.nan
+        if claim.kind == "noninferior":
+            return below, above, math.nan
+        return above, below, math.nan
     m = claim.shift
     if claim.kind == "same":
-        return max(c.p_above(-m), c.p_below(m)), min(1.0, 2 * min(c.p_above(m), c.p_below(-m)))
+        return max(c.p_above(-m), c.p_below(m)), min(1.0, 2 * min(c.p_above(m), c.p_below(-m))), math.nan
     if claim.kind == "noninferior":
-        return c.p_below(m), c.p_above(m)
-    return c.p_above(m), c.p_below(m)
+        return c.p_below(m), c.p_above(m), math.nan
+    effect = effect_of(claim)
+    return c.p_above(m), c.p_below(m), (c.p_below(effect) if effect is not None else math.nan)
 
 
-def seeds_needed(claim: Claim, c: Contrast, values: list[dict]) -> int | None:
-    """Seeds per arm to settle an inconclusive setting, sized for the pre-specified effect (see the
-    module docstring); None where no effect of interest is given or the test is not a t-test."""
+def effect_of(claim: Claim) -> float | None:
+    """The effect of interest on the test's scale (directional and interaction claims with an effect
+    above the margin), else None."""
+    if claim.kind in ("same", "noninferior") or claim.effect is None:
+        return None
+    effect = math.log(claim.effect) if claim.scale == "log" else claim.effect
+    return effect if effect > claim.shift else None
+
+
+def seeds_needed(claim: Claim, c: Contrast, values: list[dict], alpha: float = ALPHA) -> int | None:
+    """Seeds per arm to settle an inconclusive setting in one test at ``alpha`` (the family's Holm step),
+    sized for the pre-specified effect (see the module docstring); a divergence rate: the seeds at
+    which a complete separation reaches alpha. None where no effect of interest is given or the test
+    has no sizing."""
     import statistics
 
+    if c.method.endswith("(divergence)"):
+        return exact_seeds(alpha, c.method.startswith("McNemar"))
     if c.method not in ("paired t", "Welch t") or claim.metric in BINARY:
         return None
     if c.method == "paired t":
@@ -191,7 +243,8 @@ def seeds_needed(claim: Claim, c: Contrast, values: list[dict]) -> int | None:
         sigma = math.sqrt(sum(statistics.variance(x) * (len(x) - 1) for x in lists) / sd_dof)
         k = 4.0 if claim.kind == "interaction" else 2.0
     gap = effect_gap(claim)
-    n = seeds_for(sigma_upper(sigma, sd_dof + 1), gap, k=k, two_sided_power=claim.kind == "same") if gap else None
+    n = seeds_for(sigma_upper(sigma, sd_dof + 1), gap, k=k, two_sided_power=claim.kind == "same",
+                  alpha=alpha) if gap else None
     return max(n, n0 + 1) if n else None
 
 
@@ -232,15 +285,11 @@ def setting_keys(claim: Claim, runs: pd.DataFrame) -> list[str]:
             and any(g[k].map(plain).nunique() > 1 for g in groups)]
 
 
-def evaluate(claim: Claim, runs: pd.DataFrame, settled: dict | None = None) -> dict:
-    """One claim against the finished runs of its recipe: p for and against it (before the ledger's
-    Holm step), the per-setting tests, the evidence text, the seeds used and needed."""
+def evaluate_look(claim: Claim, runs: pd.DataFrame) -> dict:
+    """One claim at one look (its runs of the look's seeds): p for, against and short of its effect
+    (before the family's step), the per-setting tests, the seeds used."""
     from .compare import plain, short_names
 
-    runs = select(runs, claim.where) if claim.where else runs
-    # the settings come from the claim's own runs: a key that varies only in other arms splits nothing
-    own = pd.concat(cells(claim, runs)) if len(runs) else runs
-    runs = own.drop_duplicates(subset="run_id") if "run_id" in own else own
     others = setting_keys(claim, runs)
     names = short_names(others)
     keys = sorted({tuple(plain(r[k]) for k in others) for _, r in runs.iterrows()}) if others else [()]
@@ -251,27 +300,57 @@ def evaluate(claim: Claim, runs: pd.DataFrame, settled: dict | None = None) -> d
         parts = cells(claim, sub)
         if any(not len(p) for p in parts):  # a setting some arm was not run in: nothing to compare there
             continue
-        stage1 = (settled or {}).get(label, {}).get("first_stage_seeds")
-        c, values = contrast(claim, parts, stage1)
-        p_for, p_against = p_values(claim, c)
+        c, values = contrast(claim, parts)
+        p_for, p_against, p_short = p_values(claim, c)
         verdict = "held" if p_for < ALPHA else "not held" if p_against < ALPHA else "inconclusive"
         settings.append({"setting": label, "contrast": c, "values": values, "parts": parts, "p": p_for,
-                         "p_against": p_against, "verdict": verdict,
-                         "needed": seeds_needed(claim, c, values) if verdict == "inconclusive" else None})
+                         "p_against": p_against, "p_short": p_short, "verdict": verdict})
     if claim.across == "average" and len(settings) > 1:
         c = average_contrast(claim, settings)
-        p_for, p_against = p_values(claim, c)
+        p_for, p_against, p_short = p_values(claim, c)
         method = c.method
     else:
         ps = [s["p"] for s in settings]
         p_for = max(ps) if ps and not any(math.isnan(p) for p in ps) else math.nan
-        against = [p for p in holm([s["p_against"] for s in settings]) if not math.isnan(p)]
-        p_against = min(against) if against else math.nan
+        p_against = _refuted([s["p_against"] for s in settings])
+        p_short = _refuted([s["p_short"] for s in settings])
         method = ", ".join(dict.fromkeys(s["contrast"].method for s in settings))
-    needed = [s["needed"] for s in settings if s["needed"]]
     seeds = max((min(s["contrast"].n) for s in settings), default=0)
-    return {"p": p_for, "p_against": p_against, "settings": settings, "test": test_name(claim, method),
-            "seeds": seeds, "seeds_needed": max(needed) if needed else None}
+    return {"p": p_for, "p_against": p_against, "p_short": p_short, "settings": settings,
+            "test": test_name(claim, method), "seeds": seeds}
+
+
+def _refuted(ps: list[float]) -> float:
+    """One setting's significant contradiction refutes a universal claim: the Holm-adjusted smallest."""
+    adjusted = [p for p in holm(ps) if not math.isnan(p)]
+    return min(adjusted) if adjusted else math.nan
+
+
+def evaluate(claim: Claim, runs: pd.DataFrame, first: int | None = None, design: dict | None = None) -> dict:
+    """One claim against its finished runs, look by look: the first look the seeds the recipe ran
+    (``first`` per arm, default all), each later look of its design (sequential.py) where every arm of
+    every setting holds the look's seeds. Returns the looks (``evaluate_look`` each), the design and
+    the seeds in look order; the family's step (decide.py) says where it stopped."""
+    from .sequential import design_for
+
+    runs = select(runs, claim.where) if claim.where else runs
+    # the settings come from the claim's own runs: a key that varies only in other arms splits nothing
+    own = pd.concat(cells(claim, runs)) if len(runs) else runs
+    runs = own.drop_duplicates(subset="run_id") if "run_id" in own else own
+    order = sorted(seeds_of(runs))
+    n0 = first or len(order)
+    spec = design or {}
+    des = design_for(n0, spec.get("looks") or claim.looks, spec.get("spending") or claim.spending)
+    looks = [evaluate_look(claim, runs[runs["seed"].isin(order[:n0])] if len(runs) else runs)]
+    for n in des.looks[1:]:
+        if len(order) < n:
+            break
+        sub = runs[runs["seed"].isin(order[:n])]
+        res = evaluate_look(claim, sub)
+        if not res["settings"] or any(seeds_of(p) != set(order[:n]) for s in res["settings"] for p in s["parts"]):
+            break  # the look is not complete yet: its runs are planned (settle.yaml) or still to come
+        looks.append(res)
+    return {**looks[-1], "looks": looks, "design": des, "order": order}
 
 
 def average_contrast(claim: Claim, settings: list[dict]) -> Contrast:
@@ -347,9 +426,18 @@ def read_settled(folder: Path) -> dict:
 
 
 def settled_ids(settled: dict, statement: str | None = None) -> set:
-    """The second-stage run ids of one claim (``statement``), or of every claim."""
-    return {rid for claim, per in settled.items() if statement in (None, claim)
-            for st in per.values() for rid in st.get("runs", [])}
+    """The run ids settle added to one claim (``statement``), or to every claim: its looks' runs (and
+    the second-stage runs of a 0.7.0 settle.yaml, one entry per setting, which are seeds of the same
+    arms like any other)."""
+    out = set()
+    for claim, entry in settled.items():
+        if statement not in (None, claim) or not isinstance(entry, dict):
+            continue
+        parts = entry["looks"] if isinstance(entry.get("looks"), list) else \
+            [v for v in entry.values() if isinstance(v, dict)]
+        for part in parts:
+            out |= set(part.get("runs") or [])
+    return out
 
 
 def judge(sources) -> list[tuple]:
@@ -365,45 +453,32 @@ def judge(sources) -> list[tuple]:
         runs = collect([results])[0] if results.is_dir() and any(results.iterdir()) else pd.DataFrame()
         done = runs[runs["status"].isin(DONE)] if len(runs) else runs
         for c in claims:
-            # the recipe's runs as written, plus this claim's own second stage: another claim's added
-            # seeds never change this claim's design (its pairing, its n)
-            mine = done
+            # the recipe's runs as written, plus this claim's own looks: another claim's added seeds
+            # never change this claim's design (its pairing, its looks)
+            mine, first = done, None
             if run_ids is not None and len(done):
                 mine = done[done["run_id"].isin(set(run_ids) | settled_ids(settled, c.statement))]
-            res = evaluate(c, mine, settled.get(c.statement)) if len(mine) else None
+                first = len(seeds_of(_own(c, done[done["run_id"].isin(set(run_ids))])))
+            entry = settled.get(c.statement)
+            design = entry.get("design") if isinstance(entry, dict) else None
+            res = evaluate(c, mine, first or None, design) if len(mine) else None
             out.append((recipe_name, c, mine, res))
     return out
 
 
+def _own(claim: Claim, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of a claim's arms (within its ``where``)."""
+    runs = select(runs, claim.where) if claim.where and len(runs) else runs
+    return pd.concat(cells(claim, runs)) if len(runs) else runs
+
+
 def ledger(sources) -> pd.DataFrame:
     """Every claim of ``sources`` (``sources_for``) judged on its finished runs, as a DataFrame with
-    ``COLUMNS``; p and p_against Holm-adjusted over the claims of this ledger, the verdict from them."""
-    judged = judge(sources)
-    rows = []
-    for recipe_name, c, _, res in judged:
-        if res is None:
-            rows.append({"claim": c.statement, "source": c.source, "recipe": recipe_name, "test": test_name(c, "-"),
-                         "evidence": "no finished runs yet", "p": math.nan, "p_against": math.nan, "seeds": 0,
-                         "seeds_needed": None, "metric": c.metric, "settings": 0})
-            continue
-        rows.append({"claim": c.statement, "source": c.source, "recipe": recipe_name, "test": res["test"],
-                     "evidence": evidence_text(c, res), "p": res["p"], "p_against": res["p_against"],
-                     "seeds": res["seeds"], "seeds_needed": res["seeds_needed"], "metric": c.metric,
-                     "settings": len(res["settings"])})
-    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("verdict", "p_adjusted", "p_against_adjusted")])
-    df["p_adjusted"] = holm(df["p"].tolist()) if len(df) else []
-    df["p_against_adjusted"] = holm(df["p_against"].tolist()) if len(df) else []
-    df["verdict"] = [verdict(r) for _, r in df.iterrows()]
-    df.loc[df["verdict"] != "inconclusive", "seeds_needed"] = None
-    return df[COLUMNS]
+    ``COLUMNS``: each claim's sequential p, Holm-adjusted within its family (decide.py), the
+    ledger-wide q-value, and the verdict."""
+    from .decide import decide
 
-
-def verdict(row) -> str:
-    if row["p_adjusted"] < ALPHA:
-        return "held"
-    if row["p_against_adjusted"] < ALPHA:
-        return "not held"
-    return "inconclusive"
+    return decide(judge(sources))
 
 
 def claims_ledger(paths=("recipes",), out="results") -> pd.DataFrame:

@@ -1,115 +1,162 @@
-"""Settling inconclusive claims with more seeds, validly: Stein's two-stage procedure.
+"""Settling undecided claims with more seeds, validly: a group-sequential design (sequential.py).
 
-Re-testing after each added seed inflates false positives. Stein's procedure does not: the seeds
-already run are the first stage (n0 per arm, paired by seed); their spread s0 fixes, once, the
-total number of seeds
-
-    N = max(n0 + 1, smallest n with (t_{1-a, n0-1} + t_{power, n0-1}) * s0 / sqrt(n) <= gap)
-
-(gap: the claim's effect minus its margin, or the margin of a same/noninferior claim; a same claim
-uses t_{1-(1-power)/2}). The second stage runs seeds n0 .. N-1 of the setting's arms, and the
-claim is then judged by Stein's test: the mean of all N differences over s0/sqrt(N), with n0 - 1
-degrees of freedom, which has exact level whatever s0 turned out to be. The plan is written to
-settle.yaml before any run starts and is never recomputed, so resuming an interrupted settle runs
-the same second stage. Paired t settings only: rank tests (diverged runs), Fisher's rates and
-unpaired designs are left as they are, with a note.
+Each undecided claim is taken to its design's next look (seeds per arm: 3, 6, 10, 16, 24 by
+default), all its arms in all its settings, and judged again within its family (decide.py); a claim
+stops when it is held, contradicted or significantly short of its effect of interest, or at the
+design's last look (or ``--max-seeds``). Each look's plan (its seeds and run ids) is written to
+settle.yaml before its runs start and is never recomputed, so an interrupted settle (even kill -9)
+resumes the same look. ``--budget`` bounds the new runs of one call: looks are taken cheapest
+first (by their run count, never by their data), a look that does not fit is left for a later call.
 """
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from pathlib import Path
 
 from ..sweep import store
 from ..errors import NormbenchError
-from .ledger import SETTLE_FILE, effect_gap, judge, read_settled, seed_contrasts
-from .stats import seeds_for
+from .ledger import SETTLE_FILE, judge, read_settled
 
 
-def plan_stage2(claim, setting: dict) -> dict | None:
-    """The second stage of one inconclusive paired setting: first-stage seeds, s0, N; None if none fits."""
-    c = setting["contrast"]
-    if c.method != "paired t":
-        return None
-    diffs = seed_contrasts(claim, setting["values"])
-    n0 = len(diffs)
-    gap = effect_gap(claim)
-    if n0 < 2 or not gap:
-        return None
-    s0 = statistics.stdev(diffs.values())
-    total = seeds_for(s0, gap, k=1.0, two_sided_power=claim.kind == "same", df_from=n0 - 1)
-    if total is None:
-        return None
-    return {"first_stage_seeds": sorted(int(s) for s in diffs), "s0": float(s0), "n_total": max(total, n0 + 1)}
+def look_seeds(order: list, n: int) -> list[int]:
+    """The seeds of a look at n per arm: the claim's seeds so far in order, then new ones beyond them."""
+    seeds = [int(s) for s in order[:n]]
+    nxt = max(seeds) + 1 if seeds else 0
+    while len(seeds) < n:
+        seeds.append(nxt)
+        nxt += 1
+    return seeds
 
 
-def stage2_specs(recipe, claim, setting: dict, plan: dict) -> list:
-    """The RunSpecs of the second stage: each arm's run of the first first-stage seed, re-seeded."""
-    first = plan["first_stage_seeds"]
+def look_specs(recipe, member: dict, seeds: list[int]) -> list:
+    """The RunSpecs of a look: every arm of every setting at each of ``seeds``, from the arm's run of
+    the claim's first seed (a run of the recipe as written), re-seeded."""
+    res = member["res"]
+    first = res["order"][0]
     by_id = {r.run_id: r for r in recipe.runs}
-    extra = plan["n_total"] - len(first)
-    new_seeds = [s for s in range(max(first) + 1, max(first) + 1 + 10 * extra + 100)
-                 if s not in first][:extra]
-    specs = []
-    for part in setting["parts"]:
-        rows = part[part["seed"] == first[0]]
-        for rid in rows["run_id"]:
-            spec = by_id.get(rid)
-            if spec is None:
-                continue
-            for s in new_seeds:
-                cfg = dataclasses.replace(spec.cfg, seed=s)
-                specs.append(type(spec)(cfg, {**spec.values, "seed": s}))
-    return specs
+    specs = {}
+    for s in res["looks"][-1]["settings"]:
+        for part in s["parts"]:
+            for rid in part[part["seed"] == first]["run_id"]:
+                spec = by_id.get(rid)
+                if spec is None:
+                    continue
+                for seed in seeds:
+                    cfg = dataclasses.replace(spec.cfg, seed=seed)
+                    new = type(spec)(cfg, {**spec.values, "seed": seed})
+                    specs[new.run_id] = new
+    return list(specs.values())
 
 
-def settle_recipes(paths, out, budget: int, jobs: int | None = None) -> list[str]:
-    """Plan and run the second stages of the inconclusive claims of ``paths`` (recipe files), within
-    ``budget`` new runs; returns what was done, a line each."""
+def entry_for(settled: dict, member: dict) -> dict:
+    """The claim's settle.yaml entry in this format: its design, its first look, its looks. A 0.7.0
+    entry (Stein's second stages, one per setting) keeps its runs as seeds of the same arms."""
+    entry = settled.get(member["claim"].statement)
+    if isinstance(entry, dict) and isinstance(entry.get("looks"), list):
+        return entry
+    legacy = sorted({rid for st in (entry or {}).values() if isinstance(st, dict) for rid in st.get("runs", [])})
+    design = member["res"]["design"]
+    fresh = {"design": design.to_dict(), "first": design.looks[0], "looks": []}
+    if legacy:
+        fresh["looks"].append({"n": None, "note": "0.7.0's Stein second stage: more seeds of the same arms",
+                               "runs": legacy})
+    settled[member["claim"].statement] = fresh
+    return fresh
+
+
+def plan_looks(recipes: dict, members: list[dict], max_seeds: int | None, left: int, lines: list,
+               attempted: set) -> dict:
+    """The next look of each undecided claim, cheapest first within ``left`` new runs: {recipe name:
+    [RunSpec]}; each look's plan goes into its recipe's settle.yaml (written by the caller)."""
+    wanted = []
+    for m in members:
+        res = m["res"]
+        if res is None or m["verdict"] != "inconclusive":
+            continue
+        design, at = res["design"], m["at"]
+        label = f"{m['recipe']}: {m['claim'].statement!r}"
+        if at + 1 >= len(design.looks):
+            lines.append(f"{label}: undecided at the design's last look (n={design.looks[at]})")
+            continue
+        n = design.looks[at + 1]
+        settings = res["looks"][at]["settings"]
+        if settings and all(st["contrast"].method.startswith("untestable") for st in settings):
+            lines.append(f"{label}: untestable (no arm varies): more seeds of the same runs would not decide it")
+            continue
+        needed = [st.get("needed") for st in settings]
+        if any(x and x > design.looks[-1] for x in needed):
+            # stopping a claim without a verdict is non-binding: it cannot raise any error rate
+            lines.append(f"{label}: would need ~{max(x for x in needed if x)} seeds per arm, beyond the "
+                         f"design's last look ({design.looks[-1]}): not settled")
+            continue
+        if max_seeds is not None and n > max_seeds:
+            lines.append(f"{label}: undecided at --max-seeds {max_seeds} (next look n={n})")
+            continue
+        rec, folder, settled = recipes[m["recipe"]]
+        if (m["recipe"], m["claim"].statement, n) in attempted:
+            lines.append(f"{label}: look at n={n} incomplete (its runs failed, or its arms' runs are missing)")
+            continue
+        specs = look_specs(rec, m, look_seeds(res["order"], n))
+        new = [sp for sp in specs if store.status(folder / sp.run_id) not in store.DONE]
+        if not specs or (new and all(sp.run_id in attempted for sp in new)):
+            lines.append(f"{label}: look at n={n} incomplete (its runs failed, or its arms' runs are missing)")
+            continue
+        wanted.append((len(new), m, n, specs, new))
+    plan, taken = {}, set()
+    for cost, m, n, specs, new in sorted(wanted, key=lambda w: w[0]):
+        rec, folder, settled = recipes[m["recipe"]]
+        fresh = [sp for sp in new if sp.run_id not in taken]
+        label = f"{m['recipe']}: {m['claim'].statement!r}"
+        if len(fresh) > left:
+            lines.append(f"{label}: look at n={n} needs {len(fresh)} runs, over the budget left ({left})")
+            continue
+        left -= len(fresh)
+        taken |= {sp.run_id for sp in fresh}
+        entry = entry_for(settled, m)
+        if not any(look.get("n") == n for look in entry["looks"]):
+            entry["looks"].append({"n": n, "seeds": look_seeds(m["res"]["order"], n),
+                                   "runs": sorted(sp.run_id for sp in specs)})
+        plan.setdefault(m["recipe"], []).extend(fresh)
+        attempted.add((m["recipe"], m["claim"].statement, n))
+        lines.append(f"{label}: look {m['at'] + 2} at n={n} per arm ({len(fresh)} runs to go)")
+    return plan
+
+
+def settle_recipes(paths, out, budget: int, jobs: int | None = None, max_seeds: int | None = None) -> list[str]:
+    """Take the undecided claims of ``paths`` (recipe files) look by look until each is decided, at its
+    last look, or the budget is spent; returns what was done, a line each."""
     import yaml
 
+    from .decide import standing
     from ..recipe import Recipe, load_recipe
     from ..sweep.execute import execute, make_plan
 
-    lines, left = [], budget
+    recipes = {}
     for path in paths:
         rec = load_recipe(path)
         folder = Path(out) / rec.name
         if not folder.is_dir():
             raise NormbenchError(f"no results for recipe {rec.name} yet: run it first "
                                  f"(normbench run {path} --out {out})", file=str(path))
-        settled = read_settled(folder)
-        todo = []
-        for _, claim, done, res in judge([(rec.name, rec.claims, folder, {r.run_id for r in rec.runs}, settled)]):
-            if res is None:
-                continue
-            for s in res["settings"]:
-                known = settled.get(claim.statement, {}).get(s["setting"])
-                if known is None and s["verdict"] != "inconclusive":
-                    continue
-                plan = known or plan_stage2(claim, s)
-                if plan is None:
-                    lines.append(f"{rec.name}: {claim.statement!r} [{s['setting'] or 'all runs'}]: not settled "
-                                 f"({s['contrast'].method}; Stein's procedure needs a paired t-test and an effect)")
-                    continue
-                specs = stage2_specs(rec, claim, s, plan)
-                new = [sp for sp in specs if store.status(folder / sp.run_id) not in store.DONE]
-                if known is None and len(new) > left:
-                    lines.append(f"{rec.name}: {claim.statement!r} [{s['setting'] or 'all runs'}]: needs "
-                                 f"{len(new)} runs (N={plan['n_total']} seeds), over the budget left ({left})")
-                    continue
-                left -= len(new)
-                plan["runs"] = sorted({sp.run_id for sp in specs})
-                settled.setdefault(claim.statement, {})[s["setting"]] = plan
-                todo += new
-                lines.append(f"{rec.name}: {claim.statement!r} [{s['setting'] or 'all runs'}]: first stage "
-                             f"n0={len(plan['first_stage_seeds'])}, s0={plan['s0']:.3g} -> N={plan['n_total']} "
-                             f"seeds ({len(new)} runs to go)")
-        # the plan is on disk before any second-stage run starts: it is fixed, whatever they show
-        store.write_atomic(folder / SETTLE_FILE, yaml.safe_dump(settled, sort_keys=False, allow_unicode=True))
-        unique = list({sp.run_id: sp for sp in todo}.values())
-        if unique:
-            stage = Recipe(name=rec.name, description=f"second stage of {rec.name}", runs=unique)
+        recipes[rec.name] = (rec, folder, read_settled(folder))
+    lines, left, attempted = [], budget, set()
+    while True:
+        sources = [(name, rec.claims, folder, {r.run_id for r in rec.runs}, settled)
+                   for name, (rec, folder, settled) in recipes.items()]
+        step_lines = []
+        plan = plan_looks(recipes, standing(judge(sources)), max_seeds, left, step_lines, attempted)
+        for name in plan:  # each look's plan is on disk before its runs start: fixed, whatever they show
+            rec, folder, settled = recipes[name]
+            store.write_atomic(folder / SETTLE_FILE, yaml.safe_dump(settled, sort_keys=False, allow_unicode=True))
+        todo = {name: specs for name, specs in plan.items() if specs}
+        if not plan:  # no claim took a new look (a look whose runs all exist is judged in the next round)
+            lines += step_lines
+            return lines
+        lines += [x for x in step_lines if "runs to go" in x]
+        for name, specs in todo.items():
+            left -= len(specs)
+            attempted |= {sp.run_id for sp in specs}
+            stage = Recipe(name=name, description=f"sequential looks of {name}", runs=specs)
             from rich.console import Console
 
             from ..sweep.display import make_reporter
@@ -119,6 +166,3 @@ def settle_recipes(paths, out, budget: int, jobs: int | None = None) -> list[str
             outcome = execute(make_plan(stage, out), jobs=jobs, reporter=reporter)
             if outcome.interrupted:
                 raise KeyboardInterrupt()
-    return lines
-
-

@@ -115,20 +115,21 @@ def seeds_needed(a, b, effect: float, one_sided: bool = False, limit: int = 1000
 class Contrast:
     """An estimate d of (arm a - arm b) on the test's scale and the test behind it.
 
-    ``method``: "paired t" (per-seed differences), "Welch t", "Stein two-stage" (a paired t whose
-    spread and degrees of freedom come from the first stage), "Wilcoxon signed-rank" or
-    "Mann-Whitney U" (a failed run counts as the worst), or "Fisher exact" (rates). t-based
-    contrasts carry se and df; rank and Fisher contrasts carry their data and answer p-values only."""
+    ``method``: "paired t" (per-seed differences), "Welch t", "Wilcoxon signed-rank" or
+    "Mann-Whitney U" (a failed run counts as the worst), "Fisher exact" (rates of independent arms)
+    or "McNemar exact" (rates paired by seed). t-based contrasts carry se and df; rank and exact
+    contrasts carry their data and answer p-values only."""
     method: str
     d: float
     n: tuple  # (pairs,) for paired tests, (n_a, n_b) otherwise
     se: float = math.nan
     df: float = math.nan
-    data: tuple = ()  # rank tests: (differences,) or (a, b); Fisher: ((yes_a, no_a), (yes_b, no_b))
+    data: tuple = ()  # rank tests: (differences,) or (a, b); Fisher: ((yes_a, no_a), (yes_b, no_b));
+    # McNemar: (seeds with a yes only in a, seeds with a yes only in b)
 
     @property
     def testable(self) -> bool:
-        if self.method == "Fisher exact":
+        if self.method.startswith(("Fisher exact", "McNemar exact")):
             return min(self.n) >= 1
         return min(self.n) >= 2 and (self.method.endswith("U") or self.method.startswith("Wilcoxon")
                                      or math.isfinite(self.df) or self.se == 0)
@@ -146,8 +147,14 @@ class Contrast:
 
         if not self.testable:
             return math.nan
-        if self.method == "Fisher exact":
+        if self.method.startswith("Fisher exact"):
             return float(stats.fisher_exact(self.data, alternative=alternative).pvalue)
+        if self.method.startswith("McNemar exact"):  # the discordant pairs: a binomial at 1/2
+            only_a, only_b = self.data
+            if only_a + only_b == 0:
+                return 1.0
+            k = only_a if alternative == "greater" else only_b
+            return float(stats.binomtest(k, only_a + only_b, 0.5, alternative="greater").pvalue)
         if self.method == "Wilcoxon signed-rank":
             diffs = [x - c for x in self.data[0]]
             if all(x == 0 for x in diffs):
@@ -254,27 +261,23 @@ def rates(a, b) -> Contrast:
     return Contrast("Fisher exact", d, (len(a), len(b)), data=table)
 
 
-def stein(diffs, first: int) -> Contrast:
-    """Stein's two-stage test on per-seed differences: the spread and the degrees of freedom come from
-    the first ``first`` differences (the first stage, whose spread sized the second), the mean from
-    all of them. With the total size fixed by the first stage's spread, the test has exact level."""
-    diffs = _clean(diffs)
-    head = diffs[:first]
-    if len(head) < 2 or len(diffs) < first or any(math.isinf(x) for x in diffs):
-        # a diverged run has no difference to average: Stein's t-test cannot take it (untestable, said)
-        return Contrast("Stein two-stage", math.nan, (len(diffs),))
-    s0 = statistics.stdev(head)
-    return Contrast("Stein two-stage", sum(diffs) / len(diffs), (len(diffs),), se=s0 / math.sqrt(len(diffs)),
-                    df=first - 1)
+def paired_rates(a: dict, b: dict) -> Contrast:
+    """Two rates of 0/1 outcomes paired by seed ({seed: 0 or 1}): McNemar's exact test, a binomial at
+    1/2 on the discordant seeds (yes in a only against yes in b only)."""
+    common = sorted(set(a) & set(b))
+    only_a = sum(1 for s in common if a[s] and not b[s])
+    only_b = sum(1 for s in common if b[s] and not a[s])
+    d = (only_a - only_b) / len(common) if common else math.nan
+    return Contrast("McNemar exact", d, (len(common),), data=(only_a, only_b))
 
 
 def combine(contrasts: list[Contrast], method: str) -> Contrast:
     """The mean of several settings' t-based contrasts, one test blocked by setting: d the mean of
     their d, its variance the sum of their se^2 over k^2, Welch-Satterthwaite degrees of freedom.
-    Rank, Fisher and Stein contrasts do not combine: NaN (untestable)."""
+    Rank and exact contrasts do not combine: NaN (untestable)."""
     k = len(contrasts)
     if not k or any(not math.isfinite(c.se) or not math.isfinite(c.d) or c.method.startswith(("Wilcoxon", "Mann",
-                                                                                                "Fisher", "Stein"))
+                                                                                                "Fisher", "McNemar"))
                     for c in contrasts):
         return Contrast(method, math.nan, (0,))
     var = sum(c.se ** 2 for c in contrasts) / k ** 2
@@ -309,11 +312,11 @@ def sigma_upper(values_sd: float, n: int, confidence: float = SPREAD_CONFIDENCE)
 
 
 def seeds_for(sigma: float, gap: float, k: float = 1.0, two_sided_power: bool = False, limit: int = 1000,
-              df_from: int | None = None) -> int | None:
+              alpha: float = ALPHA) -> int | None:
     """The smallest n with (t_{1-alpha} + t_{power}) * sigma * sqrt(k / n) <= gap: seeds per arm for a
-    one-sided 5% test to show ``gap`` with 80% power (k = 1 for per-seed differences, 2 for two
-    independent arms). ``two_sided_power``: both one-sided tests of an equivalence must pass
-    (t_{1 - (1 - power)/2}). ``df_from``: t quantiles at this fixed df (Stein's procedure) instead of n - 1.
+    one-sided test at ``alpha`` (a family's Holm step, not always 5%) to show ``gap`` with 80% power
+    (k = 1 for per-seed differences, 2 for two independent arms). ``two_sided_power``: both one-sided
+    tests of an equivalence must pass (t_{1 - (1 - power)/2}).
     None when gap <= 0, sigma is unknown, or more than ``limit`` would be needed."""
     from scipy import stats
 
@@ -323,7 +326,17 @@ def seeds_for(sigma: float, gap: float, k: float = 1.0, two_sided_power: bool = 
         return 2
     q_power = 1 - (1 - POWER) / 2 if two_sided_power else POWER
     for n in range(2, limit + 1):
-        df = df_from if df_from else round(k) * (n - 1)  # paired: n - 1; two arms: 2n - 2; four: 4n - 4
-        if (stats.t.ppf(1 - ALPHA, df) + stats.t.ppf(q_power, df)) * sigma * math.sqrt(k / n) <= gap:
+        df = round(k) * (n - 1)  # paired: n - 1; two arms: 2n - 2; four: 4n - 4
+        if (stats.t.ppf(1 - alpha, df) + stats.t.ppf(q_power, df)) * sigma * math.sqrt(k / n) <= gap:
+            return n
+    return None
+
+
+def exact_seeds(level: float, paired_by_seed: bool, limit: int = 1000) -> int | None:
+    """Seeds per arm at which a complete separation (every run of one arm diverged, none of the other)
+    reaches one-sided ``level``: McNemar's 2^-n paired by seed, Fisher's 1 / C(2n, n) unpaired."""
+    for n in range(1, limit + 1):
+        p = 0.5 ** n if paired_by_seed else 1 / math.comb(2 * n, n)
+        if p <= level:
             return n
     return None

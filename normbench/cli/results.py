@@ -231,15 +231,19 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
            format_: Optional[str] = typer.Option(None, "--format", help="table, markdown, csv or json. Default: from "
                                                  "--output's suffix, else table."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (atomically)."),
-           settle: bool = typer.Option(False, "--settle", help="Add seeds to the arms of inconclusive claims by "
-                                       "Stein's two-stage procedure (PATHS must be recipe files), run them, then "
-                                       "judge again (docs/claims.md: Settling)."),
+           settle: bool = typer.Option(False, "--settle", help="Take each undecided claim to its design's next "
+                                       "look (seeds per arm 3, 6, 10, 16, 24), run the seeds, judge again, until "
+                                       "each is decided or at its last look (a group-sequential design; PATHS "
+                                       "must be recipe files; docs/claims.md: Settling)."),
            budget: int = typer.Option(100, "--budget", min=1, help="With --settle: at most this many new runs."),
+           max_seeds: Optional[int] = typer.Option(None, "--max-seeds", min=2, help="With --settle: take no look "
+                                                   "beyond this many seeds per arm (default: the design's last)."),
            jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="With --settle: runs at once "
                                               "(default: as normbench run).")):
     """Judge every claim of the recipes on their finished runs: held, not held or inconclusive, with the
-    test (paired t, Welch, rank, Fisher, Stein), the evidence by group name, p and its Holm-adjusted
-    p_adjusted over the claims printed (docs/claims.md)."""
+    test (paired t, Welch, rank, Fisher, McNemar), the evidence by group name, the claim's sequential p,
+    p_adjusted (Holm within its family: a paper's claims in one recipe) and q_ledger (Benjamini-Hochberg
+    over the ledger, informative only) (docs/claims.md)."""
     from ..sweep import store
     from ..analysis.ledger import claims_ledger
     from ..numbers import missing
@@ -258,7 +262,7 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
             if not paths or any(not p.is_file() for p in paths):
                 raise NormbenchError("expected recipe files (the arms to add seeds to come from the recipe)",
                                      key="--settle")
-            for line in settle_recipes(paths, out, budget, jobs):
+            for line in settle_recipes(paths, out, budget, jobs, max_seeds):
                 err_console.print(line, markup=False, soft_wrap=True)
         df = claims_ledger(paths or [Path("results")], out)
     except NormbenchError as e:
@@ -269,12 +273,12 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
     if fmt.name == "table":
         table = Table(title=f"claims: {len(df)} ({', '.join(f'{n} {v}' for v, n in df['verdict'].value_counts().items())})",
                       title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_lines=True)
-        for col in ("claim", "source", "recipe", "test", "verdict", "evidence", "p_adjusted"):
+        for col in ("claim", "family", "test", "verdict", "evidence", "p_adjusted", "q_ledger", "seeds"):
             table.add_column(col, overflow="fold", ratio=4 if col == "evidence" else 2 if col in ("claim", "test") else 1)
         for _, r in df.iterrows():
-            padj = "-" if missing(r["p_adjusted"]) else f"{r['p_adjusted']:.2g}"
-            table.add_row(r["claim"], r["source"], r["recipe"], r["test"],
-                          f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]", r["evidence"], padj)
+            shown = [("-" if missing(r[k]) else f"{r[k]:.2g}") for k in ("p_adjusted", "q_ledger")]
+            table.add_row(r["claim"], r["family"], r["test"], f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]",
+                          r["evidence"], *shown, str(r["seeds"]))
         if output is None:
             out_console.print(table)
             return

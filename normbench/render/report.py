@@ -159,7 +159,7 @@ def claims_section(c: Comparison) -> list[str]:
             f"The recipe's claims judged on {judged_config(Path(c.sources[0]))} ({counts}); the rule is in "
             "docs/claims.md. Evidence: each arm's mean ± the half-width of its 95% interval (n seeds; geometric "
             "on the log scale), the contrast with its 95% interval and the test, per setting of the other "
-            "factors; p_adjusted is Holm's over this recipe's claims.", "", ledger_markdown(df), ""]
+            "factors; p_adjusted is Holm's within each family (a paper's claims in the recipe).", "", ledger_markdown(df), ""]
 
 
 def judged_config(folder: Path) -> str:

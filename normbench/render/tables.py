@@ -170,9 +170,13 @@ def ledger_markdown(df: pd.DataFrame) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"
 
     rows = [[r["claim"], r["source"], r["recipe"], r["test"], f"**{r['verdict']}**", r["evidence"], p(r["p"]),
-             p(r["p_adjusted"])] for _, r in df.iterrows()]
+             p(r["p_adjusted"]), r["family"], p(r["q_ledger"]), str(r["seeds"])] for _, r in df.iterrows()]
     legend = ("\nEvidence: each arm's mean ± the half-width of its 95% confidence interval (n seeds; geometric mean "
               "×/÷ its interval factor on the log scale), the contrast with its 95% interval (an equivalence is "
-              "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting. "
-              f"p_adjusted: Holm over the {len(df)} claims listed. The rule: docs/claims.md.\n")
-    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted"], rows) + legend
+              "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting, and "
+              "the look the claim stopped at. p: the claim's sequential p (the smallest level at which its design "
+              "rejects at a look it reached); p_adjusted: Holm within its family (a paper's claims in one recipe), "
+              f"which decides; q_ledger: Benjamini-Hochberg over the {len(df)} claims listed, which informs; seeds: "
+              "per arm at the look the verdict used. The rule: docs/claims.md.\n")
+    return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted", "family",
+                           "q_ledger", "seeds"], rows) + legend
