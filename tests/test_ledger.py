@@ -1,6 +1,7 @@
 """The verdict rule of the claims ledger on hand-built tables, each number checked against a hand
 computation or scipy's own test: pairing by design, bounds, the log scale, contrary settings, Holm,
-Fisher, rank tests for failed runs, interactions, non-inferiority, seeds needed and Stein's sizes."""
+Fisher and McNemar, divergence as evidence, rank tests for failed runs, interactions,
+non-inferiority and seeds needed. The sequential design and the families: test_sequential.py."""
 import math
 
 import pandas as pd
@@ -9,9 +10,10 @@ from scipy import stats
 
 from normbench.claims import parse_claims
 from normbench.analysis.evidence import evidence_text
-from normbench.analysis.ledger import evaluate, p_values, verdict
+from normbench.analysis.decide import verdict
+from normbench.analysis.ledger import evaluate, p_values, seeds_needed
 from normbench.measures import log_slope
-from normbench.analysis.stats import holm, paired, rates, seeds_for, sigma_upper, stein, unpaired
+from normbench.analysis.stats import holm, paired, rates, seeds_for, sigma_upper, unpaired
 
 
 def frame(rows, metric="final_val_loss"):
@@ -116,8 +118,7 @@ def test_one_significant_contradiction_refutes_a_universal_claim_after_holm():
     p_against = [s["p_against"] for s in res["settings"]]
     assert res["p_against"] == pytest.approx(min(holm(p_against)))
     assert res["p"] == pytest.approx(max(s["p"] for s in res["settings"]))  # intersection-union
-    row = {"p_adjusted": res["p"], "p_against_adjusted": res["p_against"]}
-    assert verdict(row) == "not held"
+    assert verdict({"p": res["p"], "p_against": res["p_against"], "p_short": math.nan}) == "not held"
     # on average over the two settings the claim is one blocked test: per seed the mean difference
     avg = evaluate(claim(across="average"), frame(held + contra))
     per_seed = [((2.50 - 2.30) + (2.10 - 2.30)) / 2, ((2.52 - 2.31) + (2.11 - 2.31)) / 2,
@@ -132,12 +133,48 @@ def test_holm_against_a_hand_computation():
     assert math.isnan(holm([0.01, math.nan])[1]) and holm([0.01, math.nan])[0] == pytest.approx(0.01)
 
 
-def test_fisher_exact_on_rates():
+def test_fisher_exact_on_rates_and_mcnemar_where_seeds_pair_them():
     c = rates([1, 1, 1], [0, 0, 0])
     assert c.p_above() == pytest.approx(1 / math.comb(6, 3))  # 0.05: the one table as extreme
-    res = evaluate(claim(metric="diverged"), frame(arms([None, None, None], [2.3, 2.3, 2.3])))
+    # different seeds: two independent arms, Fisher
+    res = evaluate(claim(metric="diverged"), frame(arms([None, None, None], [2.3, 2.3, 2.3], seeds_b=[3, 4, 5])))
     assert res["settings"][0]["contrast"].method == "Fisher exact"
     assert res["p"] == pytest.approx(0.05)
+    # the same seeds: McNemar's exact test on the discordant seeds, a binomial at 1/2 (3 of 3: 1/8)
+    res = evaluate(claim(metric="diverged"), frame(arms([None, None, 2.4, 2.4], [2.3, 2.3, None, 2.3])))
+    c = res["settings"][0]["contrast"]
+    assert c.method == "McNemar exact" and c.data == (2, 1)
+    assert res["p"] == pytest.approx(stats.binomtest(2, 3, 0.5, alternative="greater").pvalue)  # 0.5
+
+
+def test_divergence_decides_a_loss_claim_when_one_arm_all_diverged_and_the_other_all_finished():
+    """ReZero against the plain 16-layer stack: 3 of 3 diverged against 0 of 3. No made-up loss: the
+    divergence rate is the evidence, McNemar's exact test paired by seed (2^-3), Fisher's unpaired."""
+    res = evaluate(claim(), frame(arms([None, None, None], [2.43, 2.41, 2.45])))
+    c = res["settings"][0]["contrast"]
+    assert c.method == "McNemar exact (divergence)" and res["p"] == pytest.approx(0.125)
+    assert res["p_against"] == pytest.approx(1.0)
+    assert "divergence" in evidence_text(claim(), res) and "all 3 diverged" in evidence_text(claim(), res)
+    unp = evaluate(claim(), frame(arms([None, None, None], [2.43, 2.41, 2.45], seeds_b=[3, 4, 5])))
+    assert unp["settings"][0]["contrast"].method == "Fisher exact (divergence)"
+    assert unp["p"] == pytest.approx(0.05)
+    # seeds needed at a level: 2^-n for McNemar (n=5 at 5%), 1/C(2n, n) for Fisher (n=3 at 5%)
+    s = res["settings"][0]
+    assert seeds_needed(claim(), s["contrast"], s["values"]) == 5
+    assert seeds_needed(claim(), s["contrast"], s["values"], alpha=0.01) == 7
+    # the other way round the claim is contradicted by the same test
+    rev = evaluate(claim(), frame(arms([2.43, 2.41, 2.45], [None, None, None])))
+    assert rev["p_against"] == pytest.approx(0.125) and rev["p"] == pytest.approx(1.0)
+    # a mixed arm (one run finished) is a rank test, as before
+    mixed = evaluate(claim(), frame(arms([None, None, 2.6], [2.43, 2.41, 2.45])))
+    assert mixed["settings"][0]["contrast"].method == "Wilcoxon signed-rank"
+
+
+def test_a_claim_whose_arms_never_vary_is_untestable_not_p_one():
+    res = evaluate(claim(metric="final_val_loss"), frame(arms([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])))
+    c = res["settings"][0]["contrast"]
+    assert c.method.startswith("untestable") and math.isnan(res["p"]) and math.isnan(res["p_against"])
+    assert "untestable" in evidence_text(claim(), res)
 
 
 def test_a_diverged_run_is_the_worst_rank_not_a_made_up_loss():
@@ -186,20 +223,15 @@ def test_seeds_needed_use_the_upper_bound_of_sigma_and_the_effect():
     n = seeds_for(1.0, 0.5)
     ok = (lambda k: (stats.t.ppf(0.95, k - 1) + stats.t.ppf(0.8, k - 1)) / math.sqrt(k) <= 0.5)
     assert ok(n) and not ok(n - 1)
-    noisy = evaluate(claim(effect=0.1), frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5])))
-    assert noisy["seeds_needed"] and noisy["seeds_needed"] > 3
-    assert evaluate(claim(), frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5])))["seeds_needed"] is None  # no effect
-
-
-def test_stein_two_stage_size_and_test():
-    # first stage n0 = 3, s0 = 0.1, gap 0.1: N from t quantiles at n0 - 1 = 2 df (not n - 1)
-    q = stats.t.ppf(0.95, 2) + stats.t.ppf(0.8, 2)
-    assert seeds_for(0.1, 0.1, df_from=2) == math.ceil((q * 0.1 / 0.1) ** 2)
-    diffs = [0.05, 0.15, 0.10, 0.12, 0.08, 0.11]
-    c = stein(diffs, first=3)
-    s0 = stats.tstd(diffs[:3])
-    assert c.df == 2 and c.se == pytest.approx(s0 / math.sqrt(6)) and c.d == pytest.approx(sum(diffs) / 6)
-    assert c.p_above(0) == pytest.approx(stats.t.sf(c.d / c.se, 2))
+    s = evaluate(claim(effect=0.1), frame(arms([2.3, 2.6, 2.4], [2.35, 2.3, 2.5])))["settings"][0]
+    n = seeds_needed(claim(effect=0.1), s["contrast"], s["values"])
+    assert n and n > 3
+    # at a family's Holm step (alpha / 4) it needs more, by the same formula at that level
+    n4 = seeds_needed(claim(effect=0.1), s["contrast"], s["values"], alpha=0.0125)
+    assert n4 > n
+    sigma = sigma_upper(stats.tstd([-0.05, 0.3, -0.1]), 3)
+    assert n4 == max(4, seeds_for(sigma, 0.1, alpha=0.0125))
+    assert seeds_needed(claim(), s["contrast"], s["values"]) is None  # no effect of interest
 
 
 def test_rank_and_t_contrasts_give_p_against_any_shift():
@@ -221,9 +253,12 @@ def test_p_values_of_each_kind_against_the_definitions():
     c = paired([0.01, -0.01, 0.02])
     same = parse_claims([{"source": "s", "statement": "x", "metric": "final_val_loss", "margin": 0.05,
                           "same": [{"model.placement": "post"}, {"model.placement": "pre"}]}])[0]
-    p, against = p_values(same, c)
+    p, against, short = p_values(same, c)
     assert p == pytest.approx(max(c.p_above(-0.05), c.p_below(0.05)))
     assert against == pytest.approx(min(1.0, 2 * min(c.p_above(0.05), c.p_below(-0.05))))
+    assert math.isnan(short)  # an equivalence has no effect of interest beyond its margin
+    _, _, short = p_values(claim(effect=0.3), c)
+    assert short == pytest.approx(c.p_below(0.3))  # a directional claim: short of its effect
 
 
 def test_a_key_that_varies_only_outside_the_claims_arms_makes_no_empty_setting():
@@ -246,14 +281,6 @@ def test_a_seed_failed_on_both_sides_is_a_tie_for_a_rank_test_not_a_measured_zer
     assert res["p"] == pytest.approx(ref.pvalue)
 
 
-def test_stein_refuses_a_diverged_difference_and_a_settled_setting_stays_stein():
-    assert math.isnan(stein([0.1, 0.2, -0.1, math.inf], 3).p_above(0))
-    # a second-stage run missing in one arm: still Stein on the seeds both arms have, never Welch
-    rows = arms([2.50, 2.52, 2.54, 2.51], [2.30, 2.31, 2.32])
-    res = evaluate(claim(), frame(rows), settled={"": {"first_stage_seeds": [0, 1, 2]}})
-    assert res["settings"][0]["contrast"].method == "Stein two-stage"
-
-
 def test_average_over_settings_of_an_unpaired_interaction_tests_the_interaction():
     from normbench.analysis.stats import combine, unpaired
 
@@ -271,7 +298,7 @@ def test_welch_seeds_needed_use_the_pooled_degrees_of_freedom():
     s = res["settings"][0]
     pooled = math.sqrt((stats.tvar([2.3, 2.6, 2.4]) + stats.tvar([2.35, 2.3, 2.5])) / 2)
     want = seeds_for(sigma_upper(pooled, 5), 0.3, k=2.0)  # 4 degrees of freedom, not 2
-    assert s["needed"] == max(want, 4)
+    assert seeds_needed(c, s["contrast"], s["values"]) == max(want, 4)
 
 
 def test_a_key_zipped_with_a_named_one_does_not_split_settings():

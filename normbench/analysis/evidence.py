@@ -53,7 +53,8 @@ def describe_arm(claim: Claim, values: dict) -> str:
 def describe_contrast(claim: Claim, c: Contrast) -> str:
     if c.method.startswith("McNemar"):
         only_a, only_b = c.data
-        return f"{c.method}, {only_a} seeds diverged or failed in the first arm only, {only_b} in the second only"
+        what = "diverged" if c.method.endswith("(divergence)") else f"{claim.metric}"
+        return f"{c.method}: {what} in the first arm only at {only_a} seeds, in the second only at {only_b}"
     if claim.metric in BINARY or c.method.startswith("Fisher"):
         return f"{c.method}"
     lo, hi = c.interval()
