@@ -1,6 +1,6 @@
 """Claims as data: validation of the claims: key, the ledger through the CLI and the report, a
-shortened look that leaves the claims alone, settling with Stein's two stages, and `run` with
-several recipes. The verdict rule itself is tested on hand-built tables in test_ledger.py."""
+shortened look that leaves the claims alone, settling by sequential looks (a divergence to held,
+a kill -9 resumed), and `run` with several recipes. The verdict rule itself is tested on hand-built tables in test_ledger.py."""
 import json
 
 import pytest
@@ -121,39 +121,81 @@ def test_a_shortened_look_leaves_the_claims_alone(tmp_path):
     assert load_recipe(p, ["device=cpu"]).claims_ids is None
 
 
-def test_settle_adds_seeds_by_stein_and_judges_again(tmp_path):
-    """An inconclusive paired claim: the first stage's spread fixes N once (settle.yaml, written before
-    the runs), the second stage runs seeds n0..N-1 of both arms, and the verdict is Stein's test."""
-    recipe = {"name": "st", "base": tiny(train={"steps": 6, "eval_every": 6}, data={"seq_len": 8}),
-              "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}, "seeds": 3},
-              "claims": [{"source": "s", "statement": "rmsnorm matches layernorm", "metric": "final_val_loss",
-                          "same": [{"norm": "rmsnorm"}, {"norm": "layernorm"}], "margin": 0.02},
-                         {"source": "s", "statement": "rmsnorm ends above layernorm", "metric": "final_val_loss",
-                          "higher": {"norm": "rmsnorm"}, "lower": {"norm": "layernorm"}, "effect": 2.0}]}
-    p = tmp_path / "st.yaml"
+def test_settle_takes_a_divergence_of_3_of_3_to_6_seeds_and_holds_it(tmp_path):
+    """Issue 31's synthetic case, with real runs: lr 1e3 diverges in every seed, lr 1e-3 in none. At 3
+    seeds McNemar's exact p is 1/8, undecided; --settle plans the look at 6 seeds (settle.yaml, written
+    before its runs), runs them, and at 6 of 6 discordant seeds (p = 1/64) the claim is held."""
+    recipe = {"name": "dv", "base": tiny(train={"steps": 6, "eval_every": 6, "warmup_steps": 0}, data={"seq_len": 8}),
+              "sweep": {"grid": {"train.lr": [1e-3, 1e3]}, "seeds": 3},
+              "claims": [{"source": "s", "statement": "lr 1e-3 ends below lr 1e3", "metric": "final_val_loss",
+                          "higher": {"train.lr": 1e3}, "lower": {"train.lr": 1e-3}, "looks": [3, 6]}]}
+    p = tmp_path / "dv.yaml"
     p.write_text(yaml.safe_dump(recipe, sort_keys=False))
     out = tmp_path / "res"
     assert runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).exit_code == 0
-    first = json.loads(runner.invoke(app, ["claims", str(p), "--out", str(out), "--format", "json"]).stdout)
-    assert [r["verdict"] for r in first] == ["inconclusive", "inconclusive"]  # 3 seeds of 6 steps: noise
-    res = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "6", "--format", "json"])
+    (first,) = json.loads(runner.invoke(app, ["claims", str(p), "--out", str(out), "--format", "json"]).stdout)
+    assert first["verdict"] == "inconclusive" and "McNemar exact (divergence)" in first["test"]
+    assert "all 3 diverged" in first["evidence"] and "next look is at n=6" in first["evidence"]
+    res = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--max-seeds", "6", "--format", "json"])
     assert res.exit_code == 0, res.output
-    settled = yaml.safe_load((out / "st" / "settle.yaml").read_text())
-    # 0.02 nats needs far more seeds than the budget: refused, said, not planned
-    assert "rmsnorm matches layernorm" not in settled and "over the budget" in res.stderr
-    plan = settled["rmsnorm ends above layernorm"][""]
-    assert plan["first_stage_seeds"] == [0, 1, 2] and plan["n_total"] >= 4
-    assert len(plan["runs"]) == 2 * (plan["n_total"] - 3) <= 6
-    row = json.loads(res.stdout)[1]
-    assert "Stein two-stage" in row["test"] and row["seeds"] == plan["n_total"]
-    from normbench.analysis.stats import seeds_for
-    assert plan["n_total"] == max(4, seeds_for(plan["s0"], 2.0, df_from=2))
-    # settling again runs nothing new: the plan is fixed
-    again = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "6"])
-    assert again.exit_code == 0
-    assert yaml.safe_load((out / "st" / "settle.yaml").read_text())["rmsnorm ends above layernorm"][""] == plan
-    res = runner.invoke(app, ["claims", str(out / "st"), "--settle"])
+    (row,) = json.loads(res.stdout)
+    assert row["verdict"] == "held" and row["seeds"] == 6 and row["looks"] == "6 of 3/6"
+    assert "all 6 diverged" in row["evidence"] and "p = 0.016" in row["evidence"]
+    entry = yaml.safe_load((out / "dv" / "settle.yaml").read_text())["lr 1e-3 ends below lr 1e3"]
+    assert entry["design"] == {"looks": [3, 6], "spending": "pocock"} and entry["first"] == 3
+    (look,) = entry["looks"]
+    assert look["n"] == 6 and look["seeds"] == [0, 1, 2, 3, 4, 5] and len(look["runs"]) == 12
+    # settling again runs nothing: the claim is decided
+    again = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle"])
+    assert again.exit_code == 0 and "runs to go" not in again.stderr
+    res = runner.invoke(app, ["claims", str(out / "dv"), "--settle"])
     assert res.exit_code == 2 and "expected recipe files" in res.stderr
+
+
+def test_settle_resumes_the_same_look_after_kill_9(tmp_path):
+    """The look's plan is on disk before its runs start: a settle killed -9 mid-look resumes that look
+    (the same seeds and run ids), never a new plan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from normbench.sweep import store
+
+    recipe = {"name": "kl", "base": tiny(train={"steps": 30, "eval_every": 30}, data={"seq_len": 8}),
+              "sweep": {"grid": {"model.norm": ["layernorm", "rmsnorm"]}, "seeds": 3},
+              "claims": [{"source": "s", "statement": "rmsnorm ends above layernorm", "metric": "final_val_loss",
+                          "higher": {"norm": "rmsnorm"}, "lower": {"norm": "layernorm"}, "looks": [3, 6]}]}
+    p = tmp_path / "kl.yaml"
+    p.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "res"
+    assert runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).exit_code == 0
+    plan_file = out / "kl" / "settle.yaml"
+    args = [sys.executable, "-m", "normbench", "claims", str(p), "--out", str(out), "--settle", "--jobs", "1"]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline, plan = time.time() + 120, None
+    while time.time() < deadline and driver.poll() is None:
+        if plan_file.exists():
+            plan = yaml.safe_load(plan_file.read_text())["rmsnorm ends above layernorm"]["looks"][0]
+            if any(store.status(out / "kl" / r) in store.DONE for r in plan["runs"] if r not in first_ids(out)):
+                break
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.communicate()
+    assert plan is not None and plan["n"] == 6
+    left = [r for r in plan["runs"] if store.status(out / "kl" / r) not in store.DONE]
+    assert left, "the look finished before the kill: nothing was resumed"
+    res = runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(plan_file.read_text())["rmsnorm ends above layernorm"]["looks"][0] == plan
+    assert all(store.status(out / "kl" / r) in store.DONE for r in plan["runs"])
+    assert json.loads(res.stdout)[0]["looks"] == "6 of 3/6"
+
+
+def first_ids(out):
+    """The run ids of the recipe as written (claims.yaml)."""
+    return set(yaml.safe_load((out / "kl" / "claims.yaml").read_text())["runs"])
 
 
 def test_an_effect_on_the_log_scale_is_a_factor_above_one(tmp_path):
@@ -167,7 +209,7 @@ def test_an_effect_on_the_log_scale_is_a_factor_above_one(tmp_path):
     assert e.value.key == "claims[0].effect" and "a factor > 1 on the log scale" in e.value.message
 
 
-def test_one_claims_second_stage_never_changes_another_claims_design(tmp_path):
+def test_one_claims_looks_never_change_another_claims_design(tmp_path):
     """The seeds settle adds to one claim's arms are that claim's: another claim on overlapping arms
     keeps its pairing and its n (found on the reference suite: Xiong's interaction turned Welch)."""
     from normbench.analysis.ledger import judge, sources_for
@@ -177,15 +219,15 @@ def test_one_claims_second_stage_never_changes_another_claims_design(tmp_path):
                         "seeds": 3},
               "claims": [{"source": "s", "statement": "settled", "metric": "final_val_loss",
                           "where": {"placement": "pre"}, "higher": {"norm": "rmsnorm"},
-                          "lower": {"norm": "layernorm"}, "effect": 2.0},
-                         {"source": "s", "statement": "other", "metric": "final_val_loss",
-                          "higher": {"norm": "rmsnorm"}, "lower": {"norm": "layernorm"}}]}
+                          "lower": {"norm": "layernorm"}, "looks": [3, 4]},
+                         {"source": "t", "statement": "other", "metric": "final_val_loss",
+                          "higher": {"norm": "rmsnorm"}, "lower": {"norm": "layernorm"}, "effect": 5.0}]}
     p = tmp_path / "iso.yaml"
     p.write_text(yaml.safe_dump(recipe, sort_keys=False))
     out = tmp_path / "res"
     assert runner.invoke(app, ["run", str(p), "--out", str(out), "-q"]).exit_code == 0
     assert runner.invoke(app, ["claims", str(p), "--out", str(out), "--settle", "--budget", "4"]).exit_code == 0
     judged = {c.statement: res for _, c, _, res in judge(sources_for([p], out))}
-    assert judged["settled"]["settings"][0]["contrast"].method == "Stein two-stage"
+    assert [look["seeds"] for look in judged["settled"]["looks"]] == [3, 4]
     other = judged["other"]["settings"]
     assert all(s["contrast"].method == "paired t" and s["contrast"].n == (3,) for s in other)

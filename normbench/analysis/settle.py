@@ -5,8 +5,10 @@ default), all its arms in all its settings, and judged again within its family (
 stops when it is held, contradicted or significantly short of its effect of interest, or at the
 design's last look (or ``--max-seeds``). Each look's plan (its seeds and run ids) is written to
 settle.yaml before its runs start and is never recomputed, so an interrupted settle (even kill -9)
-resumes the same look. ``--budget`` bounds the new runs of one call: looks are taken cheapest
-first (by their run count, never by their data), a look that does not fit is left for a later call.
+resumes the same look. ``--budget`` bounds the new runs of one call. Looks are taken cheapest
+first, by their runs' time (never by their data), about ROUND_SECONDS of runs per round before
+the families are judged again, so a cheap claim may take several looks while an expensive one
+waits; a look that does not fit the budget is left for a later call.
 """
 from __future__ import annotations
 
@@ -64,6 +66,19 @@ def entry_for(settled: dict, member: dict) -> dict:
     return fresh
 
 
+ROUND_SECONDS = 900  # run time (estimated) taken per round before the families are judged again
+
+
+def seconds_per_run(member: dict) -> float:
+    """The median run time of the claim's runs so far (summary wall_s): what a look costs, by its runs'
+    time, never by their results."""
+    import statistics
+
+    times = [float(t) for s in member["res"]["looks"][-1]["settings"] for part in s["parts"]
+             for t in part.get("wall_s", []) if t == t]
+    return statistics.median(times) if times else 1.0
+
+
 def plan_looks(recipes: dict, members: list[dict], max_seeds: int | None, left: int, lines: list,
                attempted: set) -> dict:
     """The next look of each undecided claim, cheapest first within ``left`` new runs: {recipe name:
@@ -101,9 +116,12 @@ def plan_looks(recipes: dict, members: list[dict], max_seeds: int | None, left: 
         if not specs or (new and all(sp.run_id in attempted for sp in new)):
             lines.append(f"{label}: look at n={n} incomplete (its runs failed, or its arms' runs are missing)")
             continue
-        wanted.append((len(new), m, n, specs, new))
-    plan, taken = {}, set()
+        wanted.append((len(new) * seconds_per_run(m), m, n, specs, new))
+    plan, taken, spent = {}, set(), 0.0
     for cost, m, n, specs, new in sorted(wanted, key=lambda w: w[0]):
+        if plan and spent + cost > ROUND_SECONDS:  # the rest waits for the next round, judged afresh
+            continue
+        spent += cost
         rec, folder, settled = recipes[m["recipe"]]
         fresh = [sp for sp in new if sp.run_id not in taken]
         label = f"{m['recipe']}: {m['claim'].statement!r}"
@@ -163,6 +181,6 @@ def settle_recipes(paths, out, budget: int, jobs: int | None = None, max_seeds: 
 
             # progress on stderr: stdout carries the ledger (--format json, csv)
             reporter = make_reporter(quiet=True, console=Console(stderr=True, soft_wrap=True))
-            outcome = execute(make_plan(stage, out), jobs=jobs, reporter=reporter)
+            outcome = execute(make_plan(stage, out, retry_failed=True), jobs=jobs, reporter=reporter)
             if outcome.interrupted:
                 raise KeyboardInterrupt()
