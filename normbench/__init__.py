@@ -19,7 +19,7 @@ API = {
     "write_report": "normbench.render.report:write_report",
     "register_norm": "normbench.registry:register_norm",
     "load_plugin": "normbench.plugins:load_plugin",
-    "claims_ledger": "normbench.analysis.ledger:claims_ledger",
+    "claims_ledger": "normbench.analysis.decide:claims_ledger",
     "sample": "normbench.sampling:sample",
 }
 __all__ = [*API, "__version__"]

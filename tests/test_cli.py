@@ -217,7 +217,7 @@ def test_a_crashed_runs_reason_is_printed_by_run(tmp_path):
     assert res.exit_code == 1 and "crashed: " in res.output and ALLOC_ERROR in res.output
 
 
-@pytest.mark.parametrize("module", ["render.tables", "analysis.evidence", "analysis.ledger", "analysis.settle",
+@pytest.mark.parametrize("module", ["render.tables", "analysis.evidence", "analysis.ledger", "analysis.settle", "analysis.decide", "analysis.sequential",
                                     "summary", "estimate", "probes", "sweep.executors"])
 def test_every_module_imports_on_its_own(module):
     """No import cycle that only works in one order (tables imported first used to fail)."""

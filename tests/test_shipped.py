@@ -44,7 +44,7 @@ def test_shipped_recipe_opens_with_its_claim_and_command_and_runs_shortened(path
     df = normbench.run_recipe(cover, out=tmp_path, jobs=2)
     assert len(df) == len(cover.runs) and set(df["status"]) <= {"completed", "diverged"}
     # every claim is checked on the shortened runs (the verdict need not be "held" after 2 steps)
-    from normbench.analysis.ledger import ledger
+    from normbench.analysis.decide import ledger
 
     checked = ledger([(short.name, short.claims, tmp_path / short.name)])
     assert checked["claim"].tolist() == [c.statement for c in short.claims]

@@ -22,7 +22,7 @@ import math
 import pandas as pd
 
 from .evidence import evidence_text
-from .ledger import COLUMNS, effect_of, seeds_needed, test_name
+from .ledger import COLUMNS, effect_of, judge, seeds_needed, sources_for, test_name
 from .sequential import benjamini_hochberg, repeated_p
 from .stats import ALPHA, holm
 
@@ -137,3 +137,14 @@ def sequence_text(m: dict, said: str) -> str:
     if k + 1 < len(design.looks):
         return f"{where}: undecided; the next look is at n={design.looks[k + 1]} (normbench claims --settle)"
     return f"{where}: undecided at the design's last look"
+
+
+def ledger(sources) -> pd.DataFrame:
+    """Every claim of ``sources`` (``ledger.sources_for``) judged on its finished runs, as a DataFrame
+    with ``COLUMNS``."""
+    return decide(judge(sources))
+
+
+def claims_ledger(paths=("recipes",), out="results") -> pd.DataFrame:
+    """The Python API: the ledger of recipe files or results folders (as ``normbench claims``)."""
+    return ledger(sources_for(paths, out))

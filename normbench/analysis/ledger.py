@@ -9,12 +9,15 @@ The rule (docs/claims.md says the same in words):
   order, the validation windows and, where shapes match, the initial weights), the test is on the
   per-seed differences: a paired t-test. Welch's t-test where the seeds differ or the claim says
   ``paired: false``. A loss of a run that diverged is the worst value: the test is then a rank test
-  (Wilcoxon's signed-rank, or Mann-Whitney's U). Rates (``diverged``, ``stalled``): Fisher's exact test.
+  (Wilcoxon's signed-rank, or Mann-Whitney's U); where one arm diverged in every run and the other
+  in none, the divergence rate is the evidence (McNemar's exact test paired by seed, else
+  Fisher's). Rates (``diverged``, ``stalled``): McNemar's exact test paired by seed, else Fisher's.
 - **Scale.** Multiplicative metrics are compared as logs (``claims.LOG_SCALE``) and reported as
   ratios of geometric means; a claim may set ``scale``.
 - **Per setting**, with d on the test's scale and m the margin (a log factor on the log scale),
   one-sided p-values at 5%:
-  directional and interaction: p = P(d > m) [held], p_against = P(d < m) [not held];
+  directional and interaction: p = P(d > m) [held], p_against = P(d < m) [not held], and with an
+  effect of interest e > m, p_short = P(d < e) [not held: short of its effect];
   noninferior (d = candidate - reference): p = P(d < m), p_against = P(d > m);
   same: p = max(P(d > -m), P(d < m)) (TOST), p_against = 2 min(P(d > m), P(d < -m)) (the 95%
   interval outside (-m, m)).
@@ -22,14 +25,12 @@ The rule (docs/claims.md says the same in words):
   intersection-union test: held only where it holds everywhere); p_against is the Holm-adjusted
   smallest, so one significant contradiction refutes the claim. ``across: average`` runs one test of
   the mean contrast over settings, blocked by setting (per seed where paired).
-- **Many claims.** p and p_against are Holm-adjusted over the claims of the ledger printed
-  (``p_adjusted``); ``held`` when p_adjusted < 0.05, ``not held`` when the adjusted p_against is,
-  otherwise ``inconclusive``.
-- **Seeds needed** (inconclusive claims): per arm, for a one-sided 5% test with 80% power at the 80%
-  upper confidence bound of the spread, to show the claim's ``effect`` (directional, interaction)
-  or, assuming no true difference, to fit inside the margin (same, noninferior).
-- **Settled claims** (``normbench claims --settle``, settle.py): a setting with a second stage is
-  judged by Stein's two-stage test.
+- **Looks** (``evaluate``): the first look is the seeds the recipe ran; each later look of the
+  claim's design (sequential.py) counts once every arm of every setting holds its seeds.
+- **Families, the sequential p, the verdict and seeds needed**: decide.py. Seeds needed are sized
+  here (``seeds_needed``), at the level decide.py gives: one test at the claim's Holm step, 80%
+  power at the 80% upper confidence bound of the spread, for the claim's ``effect`` (directional,
+  interaction) or, assuming no true difference, to fit inside the margin (same, noninferior).
 """
 from __future__ import annotations
 
@@ -470,17 +471,3 @@ def _own(claim: Claim, runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of a claim's arms (within its ``where``)."""
     runs = select(runs, claim.where) if claim.where and len(runs) else runs
     return pd.concat(cells(claim, runs)) if len(runs) else runs
-
-
-def ledger(sources) -> pd.DataFrame:
-    """Every claim of ``sources`` (``sources_for``) judged on its finished runs, as a DataFrame with
-    ``COLUMNS``: each claim's sequential p, Holm-adjusted within its family (decide.py), the
-    ledger-wide q-value, and the verdict."""
-    from .decide import decide
-
-    return decide(judge(sources))
-
-
-def claims_ledger(paths=("recipes",), out="results") -> pd.DataFrame:
-    """The Python API: the ledger of recipe files or results folders (as ``normbench claims``)."""
-    return ledger(sources_for(paths, out))

@@ -245,7 +245,7 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
     p_adjusted (Holm within its family: a paper's claims in one recipe) and q_ledger (Benjamini-Hochberg
     over the ledger, informative only) (docs/claims.md)."""
     from ..sweep import store
-    from ..analysis.ledger import claims_ledger
+    from ..analysis.decide import claims_ledger
     from ..numbers import missing
     from ..render.formats import pick
 

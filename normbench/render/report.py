@@ -146,7 +146,7 @@ def _write_one(c: Comparison, out_dir: Path, command: str, formats=(), panels: s
 def claims_section(c: Comparison) -> list[str]:
     """## Claims: the recipe's claims (its results folder's claims.yaml) with verdicts and evidence."""
     from ..claims import CLAIMS_FILE
-    from ..analysis.ledger import claims_ledger
+    from ..analysis.decide import claims_ledger
     from .tables import ledger_markdown
 
     if len(c.sources) != 1 or not (Path(c.sources[0]) / CLAIMS_FILE).exists():
