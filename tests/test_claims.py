@@ -80,8 +80,15 @@ def test_the_ledger_through_the_cli_and_the_report(tmp_path):
     import normbench
 
     df = normbench.claims_ledger([out])
-    assert list(df.columns)[:8] == ["claim", "source", "recipe", "test", "verdict", "evidence", "p",
-                                    "p_adjusted"] and len(df) == 2
+    assert list(df.columns)[:10] == ["claim", "source", "recipe", "test", "verdict", "evidence", "p",
+                                     "p_adjusted", "family", "q_ledger"] and len(df) == 2
+    # two sources, two families: each claim's Holm is over its own family (of one), BH over both
+    assert list(df["family"]) == ["cl: Xiong et al. 2020", "cl: folklore"]
+    assert list(df["p_adjusted"]) == pytest.approx(list(df["p"]))
+    from normbench.analysis.sequential import benjamini_hochberg
+    assert list(df["q_ledger"]) == pytest.approx(benjamini_hochberg(list(df["p"])))
+    table = runner.invoke(app, ["claims", str(out)])
+    assert "family" in table.stdout and "q_ledger" in table.stdout
 
 
 def test_run_takes_several_recipes_and_checks_them_all_first(tmp_path):
