@@ -4,9 +4,11 @@
   those that set the same ``family:``. Its family-wise error is held at 5%: a replication does not
   correct one paper's claims for every other paper it replicates.
 - **Sequential p.** A claim is looked at at its design's seed counts (sequential.py). Its p is the
-  smallest level at which its design rejects at a look it reached, before a stop: the nominal p of
-  a look, scaled by that look's share of the level (at the first look of the default design, 3 of
-  24 seeds, p / 0.195).
+  null rate at which its design rejects at a level no larger than the smallest level at which it
+  rejects at a look it reached, before a stop: a look's p scaled by that look's share of the level
+  (at the first look of the default design, 3 of 24 seeds, p / 0.195), then calibrated by
+  simulated null claims (t-tests at every look), because t statistics at 2 degrees of freedom are
+  not normal ones.
 - **Holm within the family** on the sequential p's: ``p_adjusted``. Replayed look by look: a claim
   stops at the first look where it is held (p_adjusted < 0.05), contradicted (p_against_adjusted
   < 0.05) or significantly short of its effect of interest; its later seeds, if any, are not used.
@@ -38,24 +40,28 @@ def replay(members: list[dict]) -> None:
     live = [m for m in members if m["res"] is not None]
     depth = max((len(m["res"]["looks"]) for m in live), default=0)
     for m in live:
-        m["stop"] = None
+        m["stop"], m["stopped_as"] = None, None
     for k in range(depth):
         for m in live:
             upto = m["stop"] if m["stop"] is not None else min(k, len(m["res"]["looks"]) - 1)
             looks = m["res"]["looks"][:upto + 1]
             m["seq"] = {d: repeated_p(m["res"]["design"], [look[d] for look in looks]) for d in DIRECTIONS}
             m["at"] = upto
-        adjusted = {d: holm([m["seq"][d] for m in live]) for d in DIRECTIONS}
+        # an untestable claim counts in its family's size (as p = 1): the family is fixed by its claims,
+        # not by which of them the data happen to make testable
+        adjusted = {d: holm([1.0 if math.isnan(m["seq"][d]) else m["seq"][d] for m in live]) for d in DIRECTIONS}
         for i, m in enumerate(live):
-            m["adj"] = {d: adjusted[d][i] for d in DIRECTIONS}
+            m["adj"] = {d: (math.nan if math.isnan(m["seq"][d]) else adjusted[d][i]) for d in DIRECTIONS}
             if m["stop"] is None and k < len(m["res"]["looks"]) and any(v < ALPHA for v in m["adj"].values()):
-                m["stop"] = k
+                m["stop"], m["stopped_as"] = k, verdict(m["adj"])
 
 
 def verdict(adj: dict) -> str:
+    if adj["p_against"] < ALPHA:  # contradicted: checked first, so a claim is never both
+        return "not held"
     if adj["p"] < ALPHA:
         return "held"
-    if adj["p_against"] < ALPHA or adj["p_short"] < ALPHA:
+    if adj["p_short"] < ALPHA:
         return "not held"
     return "inconclusive"
 
@@ -75,7 +81,9 @@ def standing(judged: list[tuple]) -> list[dict]:
     for fam in dict.fromkeys(m["family"] for m in members):
         replay([m for m in members if m["family"] == fam])
     for m in members:
-        m["verdict"] = verdict(m["adj"]) if m["res"] is not None else "inconclusive"
+        # a claim keeps the verdict it stopped with: a level passed on later by another claim's
+        # rejection never turns a contradicted claim into a held one
+        m["verdict"] = (m["stopped_as"] or verdict(m["adj"])) if m["res"] is not None else "inconclusive"
         m["needed"] = None
         if m["res"] is not None and m["verdict"] == "inconclusive":
             size(m, [x for x in members if x["family"] == m["family"]])
@@ -133,7 +141,7 @@ def sequence_text(m: dict, said: str) -> str:
         effect = effect_of(m["claim"])
         shown = math.exp(effect) if m["claim"].scale == "log" else effect
         return (f"{where}: significantly short of its effect of interest ({shown:g}) within its family "
-                f"(p {m['adj']['p_short']:.2g}): not held")
+                f"(p {m['adj']['p_short']:.2g}): not held as the effect it claims (a smaller one may be real)")
     if k + 1 < len(design.looks):
         return f"{where}: undecided; the next look is at n={design.looks[k + 1]} (normbench claims --settle)"
     return f"{where}: undecided at the design's last look"

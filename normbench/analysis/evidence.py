@@ -85,7 +85,7 @@ def evidence_text(claim: Claim, res: dict) -> str:
         test = (c.method if c.method.startswith("untestable") else "too few seeds to test") if not c.testable \
             else f"{describe_contrast(claim, c)}, {p}"
         more = f"; ~{s['needed']} seeds per arm would settle it" if s.get("needed") else ""
-        parts.append(f"{where}{arms}; {test} → {s['verdict']}{more}")
+        parts.append(f"{where}{arms}; {test} → by itself: {s['verdict']}{more}")
     return " | ".join(parts)
 
 

@@ -316,7 +316,7 @@ def evaluate_look(claim: Claim, runs: pd.DataFrame) -> dict:
         p_against = _refuted([s["p_against"] for s in settings])
         p_short = _refuted([s["p_short"] for s in settings])
         method = ", ".join(dict.fromkeys(s["contrast"].method for s in settings))
-    seeds = max((min(s["contrast"].n) for s in settings), default=0)
+    seeds = min((min(s["contrast"].n) for s in settings), default=0)  # per arm, in every setting
     return {"p": p_for, "p_against": p_against, "p_short": p_short, "settings": settings,
             "test": test_name(claim, method), "seeds": seeds}
 
@@ -332,7 +332,7 @@ def evaluate(claim: Claim, runs: pd.DataFrame, first: int | None = None, design:
     (``first`` per arm, default all), each later look of its design (sequential.py) where every arm of
     every setting holds the look's seeds. Returns the looks (``evaluate_look`` each), the design and
     the seeds in look order; the family's step (decide.py) says where it stopped."""
-    from .sequential import design_for
+    from .sequential import Design, design_for
 
     runs = select(runs, claim.where) if claim.where else runs
     # the settings come from the claim's own runs: a key that varies only in other arms splits nothing
@@ -340,8 +340,10 @@ def evaluate(claim: Claim, runs: pd.DataFrame, first: int | None = None, design:
     runs = own.drop_duplicates(subset="run_id") if "run_id" in own else own
     order = sorted(seeds_of(runs))
     n0 = first or len(order)
-    spec = design or {}
-    des = design_for(n0, spec.get("looks") or claim.looks, spec.get("spending") or claim.spending)
+    if design:  # fixed in settle.yaml when the first look was planned: never recomputed
+        des = Design(tuple(design["looks"]), design.get("spending", "pocock"))
+    else:
+        des = design_for(n0, claim.looks, claim.spending)
     looks = [evaluate_look(claim, runs[runs["seed"].isin(order[:n0])] if len(runs) else runs)]
     for n in des.looks[1:]:
         if len(order) < n:
@@ -381,7 +383,8 @@ def test_name(claim: Claim, method: str) -> str:
 
 
 def sources_for(paths, out="results") -> list[tuple]:
-    """(recipe name, claims, results folder, the run ids judged, the settled stages) for each path: a
+    """(recipe name, claims, results folder, the run ids judged, settle.yaml, the recipe's seeds or None)
+    for each path: a
     recipe file (its claims and the runs of the recipe as written; its results in OUT/<name>) or a
     results folder (every recipe folder under it holding a claims.yaml, which names the recipe's
     runs). A claim is judged on those runs only (and on the second-stage runs of settle.yaml), never
@@ -396,7 +399,8 @@ def sources_for(paths, out="results") -> list[tuple]:
         if path.is_file():
             rec = load_recipe(path)
             folder = Path(out) / rec.name
-            found.append((rec.name, rec.claims, folder, {r.run_id for r in rec.runs}, read_settled(folder)))
+            found.append((rec.name, rec.claims, folder, {r.run_id for r in rec.runs}, read_settled(folder),
+                          sorted({r.cfg.seed for r in rec.runs})))
         elif path.is_dir():
             for d in find_recipe_dirs(path):
                 if (d / CLAIMS_FILE).exists():
@@ -407,7 +411,7 @@ def sources_for(paths, out="results") -> list[tuple]:
                     if isinstance(doc, list):  # a bare list of claims: checked on every run of the folder
                         doc = {"claims": doc}
                     found.append((d.name, parse_claims(doc.get("claims")), d, set(doc.get("runs") or []) or None,
-                                  read_settled(d)))
+                                  read_settled(d), doc.get("seeds")))
         else:
             raise NormbenchError("no such recipe file or results folder", file=str(path))
     return found
@@ -451,18 +455,23 @@ def judge(sources) -> list[tuple]:
         recipe_name, claims, results = src[:3]
         run_ids = src[3] if len(src) > 3 else None
         settled = src[4] if len(src) > 4 else {}
+        planned = src[5] if len(src) > 5 else None
         runs = collect([results])[0] if results.is_dir() and any(results.iterdir()) else pd.DataFrame()
         done = runs[runs["status"].isin(DONE)] if len(runs) else runs
         for c in claims:
             # the recipe's runs as written, plus this claim's own looks: another claim's added seeds
             # never change this claim's design (its pairing, its looks)
-            mine, first = done, None
+            mine = done
             if run_ids is not None and len(done):
                 mine = done[done["run_id"].isin(set(run_ids) | settled_ids(settled, c.statement))]
-                first = len(seeds_of(_own(c, done[done["run_id"].isin(set(run_ids))])))
             entry = settled.get(c.statement)
-            design = entry.get("design") if isinstance(entry, dict) else None
-            res = evaluate(c, mine, first or None, design) if len(mine) else None
+            design = entry.get("design") if isinstance(entry, dict) and isinstance(entry.get("looks"), list) else None
+            # the first look is fixed: settle.yaml's once a look was planned, else the recipe's seeds
+            # (not however many have finished), else the finished seeds of the recipe as written
+            first = (design and entry.get("first")) or (len(planned) if planned else None)
+            if first is None and run_ids is not None and len(done):
+                first = len(seeds_of(_own(c, done[done["run_id"].isin(set(run_ids))])))
+            res = evaluate(c, mine, first, design) if len(mine) else None
             out.append((recipe_name, c, mine, res))
     return out
 

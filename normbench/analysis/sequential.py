@@ -72,7 +72,7 @@ def design_for(first: int, looks=None, spending: str = "pocock") -> Design:
     """A claim's design: its first look at the seeds the recipe ran, then the schedule's larger counts."""
     schedule = tuple(looks) if looks else SCHEDULE
     later = tuple(n for n in schedule if n > first)
-    return Design((first,) + later, spending)
+    return Design((max(1, first),) + later, spending)
 
 
 GRID_STEP = 0.04  # on the score scale S_k = Z_k sqrt(t_k), whose sd is at most 1
@@ -192,7 +192,8 @@ def _null_levels(looks: tuple, spending: str):
             log_p = np.log(np.maximum(stats.t.sf(t, n - 1), 1e-300))
             inverse, top = _table(design.fractions, spending)[k]
             level = np.where(log_p >= top, 1.0, np.exp(inverse(np.minimum(log_p, top))))
-            best = np.minimum(best, np.clip(level, 0.0, 1.0))
+            level = np.nan_to_num(level, nan=1.0)  # a look of one seed has no t statistic: it rejects nothing
+            best = np.fmin(best, np.clip(level, 0.0, 1.0))
         chunks.append(best)
     return np.sort(np.concatenate(chunks))
 

@@ -50,6 +50,20 @@ def look_specs(recipe, member: dict, seeds: list[int]) -> list:
     return list(specs.values())
 
 
+def check_design(settled: dict, member: dict, folder: Path) -> None:
+    """A claim's looks and spending are fixed once its first look is planned: a recipe edited since
+    is refused in one line, never a new design on seen data."""
+    entry = settled.get(member["claim"].statement)
+    if not (isinstance(entry, dict) and isinstance(entry.get("looks"), list)):
+        return
+    claim, stored = member["claim"], entry["design"]
+    if (claim.looks and tuple(n for n in claim.looks if n > entry["first"]) != tuple(stored["looks"][1:])) \
+            or claim.spending != stored.get("spending", "pocock"):
+        raise NormbenchError(f"claim {claim.statement!r}: its design is fixed in settle.yaml (looks "
+                             f"{stored['looks']}, {stored.get('spending', 'pocock')} spending); the recipe now "
+                             f"says otherwise", file=str(folder / SETTLE_FILE))
+
+
 def entry_for(settled: dict, member: dict) -> dict:
     """The claim's settle.yaml entry in this format: its design, its first look, its looks. A 0.7.0
     entry (Stein's second stages, one per setting) keeps its runs as seeds of the same arms."""
@@ -108,6 +122,7 @@ def plan_looks(recipes: dict, members: list[dict], max_seeds: int | None, left: 
             lines.append(f"{label}: undecided at --max-seeds {max_seeds} (next look n={n})")
             continue
         rec, folder, settled = recipes[m["recipe"]]
+        check_design(settled, m, folder)
         if (m["recipe"], m["claim"].statement, n) in attempted:
             lines.append(f"{label}: look at n={n} incomplete (its runs failed, or its arms' runs are missing)")
             continue

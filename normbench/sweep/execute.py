@@ -161,6 +161,7 @@ def write_claims(recipe: Recipe, recipe_dir: Path) -> None:
     first = recipe.runs[0].cfg.to_dict()
     base = {k: get_dotted(first, k) for k in ("train.steps", "train.batch_size", "data.seq_len")}
     doc = {"recipe": recipe.name, "base": base, "runs": [r.run_id for r in recipe.runs],
+           "seeds": sorted({r.cfg.seed for r in recipe.runs}),  # the claims' first look (docs/claims.md)
            "claims": [c.raw for c in recipe.claims]}
     store.write_atomic(recipe_dir / CLAIMS_FILE, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
