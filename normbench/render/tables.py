@@ -174,8 +174,8 @@ def ledger_markdown(df: pd.DataFrame) -> str:
     legend = ("\nEvidence: each arm's mean ± the half-width of its 95% confidence interval (n seeds; geometric mean "
               "×/÷ its interval factor on the log scale), the contrast with its 95% interval (an equivalence is "
               "decided by the 90% interval, two one-sided tests), the test and its one-sided p, per setting, and "
-              "the look the claim stopped at. p: the claim's sequential p (the smallest level at which its design "
-              "rejects at a look it reached); p_adjusted: Holm within its family (a paper's claims in one recipe), "
+              "the look the claim stopped at. p: the claim's sequential p (the null rate at which its looks reject "
+              "at least as strongly as they did, calibrated by simulation); p_adjusted: Holm within its family (a paper's claims in one recipe), "
               f"which decides; q_ledger: Benjamini-Hochberg over the {len(df)} claims listed, which informs; seeds: "
               "per arm at the look the verdict used. The rule: docs/claims.md.\n")
     return markdown_table(["claim", "source", "recipe", "test", "verdict", "evidence", "p", "p_adjusted", "family",
