@@ -327,6 +327,13 @@ def _refuted(ps: list[float]) -> float:
     return min(adjusted) if adjusted else math.nan
 
 
+def complete(part: pd.DataFrame, seeds: list) -> bool:
+    """Every seed of a look holds as many of the arm's runs as any other (an arm over several learning
+    rates has each rate at each seed)."""
+    counts = part.groupby("seed").size()
+    return set(counts.index) == set(seeds) and counts.nunique() == 1
+
+
 def evaluate(claim: Claim, runs: pd.DataFrame, first: int | None = None, design: dict | None = None) -> dict:
     """One claim against its finished runs, look by look: the first look the seeds the recipe ran
     (``first`` per arm, default all), each later look of its design (sequential.py) where every arm of
@@ -350,7 +357,7 @@ def evaluate(claim: Claim, runs: pd.DataFrame, first: int | None = None, design:
             break
         sub = runs[runs["seed"].isin(order[:n])]
         res = evaluate_look(claim, sub)
-        if not res["settings"] or any(seeds_of(p) != set(order[:n]) for s in res["settings"] for p in s["parts"]):
+        if not res["settings"] or not all(complete(p, order[:n]) for s in res["settings"] for p in s["parts"]):
             break  # the look is not complete yet: its runs are planned (settle.yaml) or still to come
         looks.append(res)
     return {**looks[-1], "looks": looks, "design": des, "order": order}
