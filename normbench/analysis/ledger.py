@@ -132,11 +132,11 @@ def contrast(claim: Claim, parts: list[pd.DataFrame]) -> tuple[Contrast, list[di
     """The setting's test, and each arm's {seed: value}."""
     values = [arm(p, claim) for p in parts]
     if claim.metric in BINARY:
-        if is_paired(claim, parts) and set(values[0]) == set(values[1]):
-            return paired_rates(values[0], values[1]), values
-        return rates(list(values[0].values()), list(values[1].values())), values
+        return rate_test(claim, parts, values[0], values[1]), values
     if divergence_decides(claim, values):
-        return divergence(claim, parts, values), values
+        rate = [{s: float(math.isinf(v)) for s, v in vals.items()} for vals in values]
+        c = rate_test(claim, parts, *rate)  # a diverged run's loss is never replaced by a number
+        return Contrast(f"{c.method} (divergence)", c.d, c.n, data=c.data), values
     if constant(values):
         return Contrast("untestable: no arm varies", math.nan, tuple(len(v) for v in values)), values
     if is_paired(claim, parts):
@@ -163,15 +163,12 @@ def divergence_decides(claim: Claim, values: list[dict]) -> bool:
     return (all(failed[0]) and not any(failed[1])) or (all(failed[1]) and not any(failed[0]))
 
 
-def divergence(claim: Claim, parts: list[pd.DataFrame], values: list[dict]) -> Contrast:
-    """The divergence rates of the two arms (1 where the loss is +inf): McNemar's exact test where the
-    arms hold the same seeds, else Fisher's; a diverged run's loss is never replaced by a number."""
-    rate = [{s: float(math.isinf(v)) for s, v in vals.items()} for vals in values]
-    if is_paired(claim, parts) and set(rate[0]) == set(rate[1]):
-        c = paired_rates(rate[0], rate[1])
-    else:
-        c = rates(list(rate[0].values()), list(rate[1].values()))
-    return Contrast(f"{c.method} (divergence)", c.d, c.n, data=c.data)
+def rate_test(claim: Claim, parts: list[pd.DataFrame], a: dict, b: dict) -> Contrast:
+    """Two arms' 0/1 outcomes ({seed: 0 or 1}): McNemar's exact test where the arms hold the same
+    seeds, else Fisher's."""
+    if is_paired(claim, parts) and set(a) == set(b):
+        return paired_rates(a, b)
+    return rates(list(a.values()), list(b.values()))
 
 
 def interaction_unpaired(values: list[dict]) -> Contrast:
@@ -255,10 +252,8 @@ def effect_gap(claim: Claim) -> float | None:
     (assuming no true difference)."""
     if claim.kind in ("same", "noninferior"):
         return claim.shift
-    if claim.effect is None:
-        return None
-    effect = math.log(claim.effect) if claim.scale == "log" else claim.effect
-    return effect - claim.shift if effect > claim.shift else None
+    effect = effect_of(claim)
+    return None if effect is None else effect - claim.shift
 
 
 # ---------------------------------------------------------------------------------------------

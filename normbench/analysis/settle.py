@@ -136,13 +136,13 @@ def plan_looks(recipes: dict, members: list[dict], max_seeds: int | None, left: 
     for cost, m, n, specs, new in sorted(wanted, key=lambda w: w[0]):
         if plan and spent + cost > ROUND_SECONDS:  # the rest waits for the next round, judged afresh
             continue
-        spent += cost
         rec, folder, settled = recipes[m["recipe"]]
         fresh = [sp for sp in new if sp.run_id not in taken]
         label = f"{m['recipe']}: {m['claim'].statement!r}"
         if len(fresh) > left:
             lines.append(f"{label}: look at n={n} needs {len(fresh)} runs, over the budget left ({left})")
             continue
+        spent += cost
         left -= len(fresh)
         taken |= {sp.run_id for sp in fresh}
         entry = entry_for(settled, m)
