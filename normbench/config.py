@@ -254,13 +254,19 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
 
 
 def all_keys() -> list[tuple[str, Any, str, str]]:
-    """(dotted key, default, type text, help) for every recipe key, in schema order."""
-    out = []
+    """(dotted key, default, type text, help) for every recipe key, in schema order; the help ends with
+    the values a placement or init brings to the key where the user leaves it unset (implied.py)."""
+    from .implied import notes
+
+    implied, out = notes(), []
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for name, f in _fields(cls).items():
             tp = " | ".join(f.metadata["choices"]()) if f.metadata.get("choices") else _type_text(hints[name])
-            out.append((f"{section}.{name}", f.default, tp, f.metadata["help"]))
+            text = f.metadata["help"]
+            if f"{section}.{name}" in implied:
+                text += f" (default {'; '.join(implied[f'{section}.{name}'])})"
+            out.append((f"{section}.{name}", f.default, tp, text))
     hints = typing.get_type_hints(RunConfig)
     for name in TOP_LEVEL:
         f = _fields(RunConfig)[name]
@@ -356,6 +362,9 @@ def from_dict(raw: Any) -> RunConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise NormbenchError(f"expected a mapping, got {type(raw).__name__}", key="base")
+    from .implied import apply
+
+    raw, _ = apply(raw)  # the keys a placement or init brings, where the user left them unset
     problems = Problems()
     known = list(SECTIONS) + list(TOP_LEVEL)
     for k in raw:

@@ -102,7 +102,9 @@ def _init_ratio(r) -> float | None:
 
 def _stalled(r) -> float | None:
     v = r.get("stalled")
-    return None if r.get("diverged") or _finite(v) is None else float(bool(v))
+    if r.get("diverged"):  # a diverged run ends above the ceiling, above the unigram (0.8.0 wrote null)
+        return 1.0
+    return None if v is None or _finite(v) is None else float(bool(v))
 
 
 def _abs_log_z(r) -> float | None:
@@ -149,18 +151,23 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Metric("max_loss", "the largest finite training loss", "max loss", on_diverged=True),
     )),
     Measurement("divergence", "step", "a non-finite loss or gradient norm stops a run at once; a loss above the "
-                "ceiling for train.divergence_patience consecutive steps, or at the end, is a divergence", (
+                "ceiling for train.divergence_patience consecutive steps, or at the end, is a divergence, except "
+                "a stretch from step 1 whose loss never rose train.divergence_margin above its lowest (not yet "
+                "come down)", (
         Metric("diverged", "true when the run diverged (a result, not a crash)", binary=True,
                derive=lambda r: 1.0 if r.get("diverged") else 0.0),
         Metric("diverged_step", "the step where the final stretch above the ceiling began"),
         Metric("divergence_reason", "why the run was judged diverged"),
         Metric("steps_done", "the steps trained"),
+        Metric("below_ceiling_step", "the first step whose loss was at or below the ceiling (null: the run never "
+                                     "came down from above it)", on_diverged=True),
     )),
     Measurement("unigram baseline", "run", "the validation loss of predicting every target by its frequency in "
                 "the training split (add-one smoothed)", (
         Metric("unigram_loss", "the unigram baseline's validation loss", "unigram loss", on_diverged=True),
-        Metric("stalled", "the run did not diverge and ended within 0.05 nats of the unigram loss (null for a "
-                          "diverged run)", "stalled", binary=True),
+        Metric("stalled", "the run learned nothing beyond token frequencies: it ended at or above the unigram "
+                          "loss less 0.05 nats, or diverged (null only where the unigram loss is undefined)",
+               "stalled", binary=True),
     )),
     Measurement("gradient norm", "step", "the global gradient norm before clipping", (
         Metric("max_grad_norm", "the largest gradient norm", "max |grad|", on_diverged=True, column="always",

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .config import RunConfig, check_dotted_key, from_dict
+from . import implied
 from .dotted import set_dotted, suggest
 from .errors import NormbenchError, Problems
 
@@ -33,6 +34,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class RunSpec:
     cfg: RunConfig
     values: dict[str, Any]  # the swept keys and this run's values, for tables
+    implied: dict[str, str] = field(default_factory=dict)  # keys its placement or init set: {key: by what}
 
     @property
     def run_id(self) -> str:
@@ -295,7 +297,7 @@ def _expand(base: dict, axes: dict, zipped: dict, seeds, base_dir: Path, flagged
                     if len(failed) >= MAX_PROBLEMS:
                         break
                     continue
-                spec = RunSpec(cfg, values)
+                spec = RunSpec(cfg, values, implied.apply(run_raw)[1])
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)
                     runs.append(spec)

@@ -56,7 +56,7 @@ def check_interventions(cfg, problems: Problems) -> None:
             ("train.weight_decay", t.weight_decay, 0.0)) if v != want]
         for k, v, want in wrong:
             refuse(k, f"model.placement=ngpt (Loshchilov et al. 2024) needs {k}: {str(want).lower()} (got "
-                      f"{str(v).lower()}); docs/interventions.md says why")
+                      f"{str(v).lower()}); leave {k} unset and the placement sets it (docs/interventions.md)")
         if m.init in ("admin", "tfixup"):
             refuse("model.init", f"model.init={m.init} scales weights that model.placement=ngpt puts back on the "
                                  "unit sphere; use xavier, gpt2, torch or depth_scaled")

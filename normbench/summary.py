@@ -90,7 +90,8 @@ def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precis
         "initial_loss": finite_or_none(trace.losses[0]) if trace.losses else None,
         "eval_tokens": evalset.tokens,
         "unigram_loss": unigram,
-        "stalled": None if diverged or final_val is None or unigram is None else final_val >= unigram - STALL_MARGIN,
+        "stalled": stalled(diverged, final_val, unigram),
+        "below_ceiling_step": stab.below_step,
         "diverged": diverged,
         "diverged_step": stab.diverged_step,
         "divergence_reason": stab.reason,
@@ -124,6 +125,17 @@ def summarize(cfg, trace: Trace, stab, probes: list, run, params, device, precis
     for probe in probes:
         out.update(probe.summary(trace.rows.get(probe.name, []), run))
     return {k: out.get(k) for k in SUMMARY_KEYS}
+
+
+def stalled(diverged: bool, final_val, unigram) -> bool | None:
+    """Did the run learn nothing beyond the token frequencies? True when it ends at or above the unigram
+    loss less STALL_MARGIN, a diverged run included (it ends above the ceiling, above the unigram);
+    null only where the unigram loss is undefined (or a run that did not diverge has no final loss)."""
+    if unigram is None:
+        return None
+    if diverged:
+        return True
+    return None if final_val is None else final_val >= unigram - STALL_MARGIN
 
 
 def bits_per_byte(final_val, best_val, evalset) -> dict:

@@ -76,9 +76,20 @@ class Stability:
     capped at the loss at initialisation): only a non-finite loss or gradient norm stops a run
     at once. A loss above the ceiling ln(vocab) + margin is an *excursion*: counted, and the run
     goes on; the run has diverged when ``divergence_patience`` consecutive steps are above the
-    ceiling (it stops there), or when it ends above it (see ``finish``). ``diverged_step`` is
-    the step at which that last stretch above the ceiling began.
+    ceiling (it stops there), or when it ends above it (see ``finish``), and in either case its
+    loss has *risen*: its level (the median of the last ``spike_window`` losses) is more than
+    ``divergence_margin`` above the lowest level it had reached. ``diverged_step`` is the step at
+    which that last stretch above the ceiling began.
+
+    The rise is what makes it a divergence. The initial loss lies above ln(vocab) + 1 at many widths
+    (docs/conventions.md, "The initial loss"), and a run that has not yet come down from it, or
+    never learns (lr 1e-7), sits above or around the ceiling without having gone anywhere: it is
+    not diverged (``below_ceiling_step`` null where it never came below) and ``stalled`` says it
+    learned nothing.
     """
+
+    low: float | None = None  # class defaults: a checkpoint of 0.8.0 resumes with them
+    below_step: int | None = None
 
     def __init__(self, t: TrainConfig, vocab_size: int):
         self.t = t
@@ -90,6 +101,8 @@ class Stability:
         self.unstable_steps = 0  # steps with the loss above the ceiling
         self.max_loss: float | None = None  # the largest finite loss
         self.above_since: int | None = None  # first step of the current stretch above the ceiling
+        self.low: float | None = None  # the lowest level (median of the recent losses) so far
+        self.below_step: int | None = None  # the first step at or below the ceiling
         self.diverged_step: int | None = None
         self.reason: str | None = None
 
@@ -102,24 +115,31 @@ class Stability:
         self.max_loss = loss if self.max_loss is None else max(self.max_loss, loss)
         if grad_norm is not None:
             self.grad_norms.append(grad_norm)
-        if loss > self.ceiling:
-            self.unstable_steps += 1
-            self.above_since = self.above_since or step
-            if step - self.above_since + 1 >= self.t.divergence_patience:
-                return self._diverge(self.above_since, f"loss above ln(vocab) + margin = {self.ceiling:.3f} for "
-                                                      f"{self.t.divergence_patience} consecutive steps")
-        else:
-            self.above_since = None
         spike = len(self.recent) == self.recent.maxlen and loss > self.t.spike_factor * statistics.median(self.recent)
         if spike and not self.in_spike:  # consecutive spiking steps are one spike
             self.spike_steps.append(step)
         self.in_spike = spike
         self.recent.append(loss)
+        level = statistics.median(self.recent)
+        self.low = level if self.low is None else min(self.low, level)
+        if loss <= self.ceiling:
+            self.above_since = None
+            self.below_step = self.below_step or step
+            return False
+        self.unstable_steps += 1
+        self.above_since = self.above_since or step
+        if step - self.above_since + 1 >= self.t.divergence_patience and self.rose():
+            return self._diverge(self.above_since, f"loss above ln(vocab) + margin = {self.ceiling:.3f} for "
+                                                  f"{self.t.divergence_patience} consecutive steps")
         return False
 
+    def rose(self) -> bool:
+        """The loss's level is more than divergence_margin above the lowest it reached."""
+        return bool(self.recent) and statistics.median(self.recent) > self.low + self.t.divergence_margin
+
     def finish(self) -> None:
-        """At the end of a run that was not stopped: one that ends above the ceiling has diverged."""
-        if self.diverged_step is None and self.above_since is not None:
+        """At the end of a run that was not stopped: one that ends above the ceiling, risen, has diverged."""
+        if self.diverged_step is None and self.above_since is not None and self.rose():
             self._diverge(self.above_since, f"ended above ln(vocab) + margin = {self.ceiling:.3f} "
                                             f"(since step {self.above_since})")
 

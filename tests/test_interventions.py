@@ -342,10 +342,11 @@ def test_every_new_key_trains_in_every_placement_it_allows(keys):
 
 
 REFUSED = [
-    ({"init": "tfixup"}, {}, "model.init", "model.norm: none"),
-    ({"init": "admin"}, {}, "model.init", "needs model.placement=post"),
-    ({"placement": "ngpt"}, {}, "model.norm", "ngpt"),
-    ({"placement": "ngpt", "norm": "none", "bias": False}, {"weight_decay": 0.0}, "model.tie_embeddings",
+    ({"init": "tfixup", "norm": "layernorm"}, {}, "model.init", "model.norm: none"),
+    ({"init": "admin", "placement": "pre"}, {}, "model.init", "needs model.placement=post"),
+    ({"placement": "ngpt", "norm": "rmsnorm"}, {}, "model.norm", "ngpt"),
+    ({"placement": "ngpt", "bias": True}, {}, "model.bias", "leave model.bias unset"),
+    ({"placement": "ngpt", "tie_embeddings": True}, {"weight_decay": 0.0}, "model.tie_embeddings",
      "ngpt (Loshchilov et al. 2024) needs model.tie_embeddings: false"),
     ({"qk_norm": True}, {"qk_clip": 10.0}, "train.qk_clip", "qk-norm"),
     ({"placement": "hybridnorm", "qk_norm": True}, {}, "model.qk_norm", "hybridnorm already"),
@@ -364,12 +365,54 @@ def test_combinations_that_make_no_sense_are_refused_in_one_line(model_keys, tra
     assert all("\n" not in str(p) for p in problems)
 
 
+@pytest.mark.parametrize("model_keys,brought", [
+    ({"placement": "ngpt"}, {**{f"model.{k}": v for k, v in NGPT.items() if k != "placement"},
+                             "model.qk_norm": False, "model.embed_norm": False, "model.residual_gate": "none",
+                             "train.weight_decay": 0.0}),
+    ({"init": "tfixup"}, {"model.norm": "none", "model.qk_norm": False}),
+    ({"init": "admin"}, {"model.placement": "post"}),
+])
+def test_a_placement_or_init_brings_its_conventions_where_unset(model_keys, brought):
+    """Keys left unset follow the placement or init; the run is the one with them written out (same id)."""
+    from normbench.implied import apply
+
+    raw = tiny(model=model_keys)
+    filled, by = apply(raw)
+    assert set(by) == set(brought) and all(v == f"model.{next(iter(model_keys))}={next(iter(model_keys.values()))}"
+                                           for v in by.values())
+    cfg = from_dict(raw)
+    for key, want in brought.items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == want, key
+    explicit = tiny(model={**model_keys, **{k.split(".")[1]: v for k, v in brought.items() if k.startswith("model.")}},
+                    train={k.split(".")[1]: v for k, v in brought.items() if k.startswith("train.")})
+    assert apply(explicit)[1] == {} and from_dict(explicit).run_id() == cfg.run_id()
+    assert raw == tiny(model=model_keys)  # the caller's mapping is not changed
+
+
+def test_keys_and_dry_run_show_what_a_placement_brought(tmp_path):
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    res = CliRunner().invoke(app, ["keys", "tie_embeddings"], terminal_width=300)
+    assert res.exit_code == 0 and "false under model.placement=ngpt" in res.output
+    recipe = {"name": "r", "base": tiny(), "sweep": {"grid": {"model.placement": ["pre", "ngpt"]}}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "--dry-run", "--out", str(tmp_path / "o")],
+                             terminal_width=400)
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if l.startswith("model.placement=ngpt set"))
+    assert "model.norm=none" in line and "train.weight_decay=0.0" in line and line.endswith("(runs 2)")
+
+
 def test_the_cli_refuses_with_exit_code_2(tmp_path):
     from typer.testing import CliRunner
 
     from normbench.cli import app
 
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "r", "base": {"model": {"init": "admin"}}}))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "r", "base": {"model": {"init": "admin",
+                                                                                    "placement": "pre"}}}))
     res = CliRunner().invoke(app, ["validate", str(tmp_path / "r.yaml")])
     assert res.exit_code == 2 and "model.init" in res.output and "Traceback" not in res.output
 

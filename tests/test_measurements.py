@@ -102,7 +102,9 @@ def test_run_value_for_claims_by_hand():
     assert measures.run_value(r, "grad_norm_init_last_over_first") == 4.0
     assert measures.run_value(r, "resid_log_slope") == pytest.approx(1.0)
     assert measures.run_value({"diverged": False, "stalled": True}, "stalled") == 1.0
-    assert measures.run_value({"diverged": True, "stalled": None}, "stalled") is None
+    assert measures.run_value({"diverged": True, "stalled": None}, "stalled") == 1.0  # 0.8.0 wrote null
+    assert measures.run_value({"diverged": True, "stalled": True}, "stalled") == 1.0
+    assert measures.run_value({"diverged": False, "stalled": None}, "stalled") is None
 
 
 def test_the_index_leaves_out_exactly_the_listed_keys(bn_run, tmp_path):

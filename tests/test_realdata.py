@@ -136,6 +136,30 @@ def test_bits_per_byte_by_hand(tmp_path):
     assert by_hand == s["eval_tokens"]  # bytes: one byte per token
 
 
+@pytest.mark.parametrize("chars", [60_000, 1_500_000])  # validation split shorter, longer than eval_tokens
+def test_one_byte_per_token_on_ascii_gives_bits_per_byte_of_loss_over_ln2(tmp_path, chars):
+    """Character and byte tokens on plain ASCII: one byte per target, so bpb = loss / ln 2 exactly,
+    whether the validation windows overlap (a split shorter than train.eval_tokens) or not."""
+    import random
+
+    rng = random.Random(0)
+    words = "the of and to in is was that for it with as his on be at by had not are but from".split()
+    text = " ".join(rng.choice(words) for _ in range(chars // 3))[:chars]
+    assert text.isascii()
+    f = tmp_path / "words.txt"
+    f.write_text(text)
+    for tokenizer in ("char", "byte"):
+        cfg = from_dict({"model": {"layers": 1, "d_model": 32, "heads": 2, "d_ff": 64},
+                         "train": {"steps": 6, "batch_size": 4, "warmup_steps": 0, "eval_every": 6, "lr": 3e-3},
+                         "data": {"task": "text", "seq_len": 32, "tokenizer": tokenizer, "path": str(f)},
+                         "device": "cpu"})
+        s = train(cfg, threads=1)
+        assert s["eval_bytes"] == s["eval_tokens"] == 65536
+        assert s["best_val_bpb"] == pytest.approx(s["best_val_loss"] / math.log(2), abs=1e-6)
+        if s["final_val_loss"] is not None:
+            assert s["final_val_bpb"] == pytest.approx(s["final_val_loss"] / math.log(2), abs=1e-6)
+
+
 def test_bpe_trains_once_per_corpus_and_is_reused(tmp_path):
     pytest.importorskip("tokenizers")
     cfg = from_dict(tiny(data={"task": "prose", "tokenizer": "bpe", "vocab_size": 400}))

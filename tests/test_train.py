@@ -1,5 +1,6 @@
 import json
 import math
+import statistics
 
 import pytest
 
@@ -103,6 +104,44 @@ def test_a_run_that_ends_above_the_ceiling_has_diverged():
     assert st.diverged_step == 5 and st.reason.startswith("ended above")
 
 
+def test_a_run_not_yet_come_down_from_its_initial_loss_is_not_diverged():
+    """Divergence needs a rise: the loss's level (median of the recent losses) more than the margin above its
+    lowest. A run falling from an initial loss above the ceiling, or hovering around the ceiling (lr 1e-7),
+    is not diverged, with patience run out and at the end; one that rises is."""
+    t = TrainConfig(divergence_margin=1.0, divergence_patience=3)
+    st = Stability(t, vocab_size=100)  # ceiling 5.605
+    for i, loss in enumerate([11.2, 10.9, 11.3, 10.4, 10.1, 9.8], 1):  # above the ceiling from step 1, falling
+        assert not st.update(i, loss, 1.0)
+    st.finish()
+    assert st.diverged_step is None and st.below_step is None and st.unstable_steps == 6
+    hover = Stability(t, 100)
+    for i, loss in enumerate([5.8, 5.4, 5.9, 5.5, 5.7, 5.8, 5.9], 1):  # around the ceiling, ending above it
+        assert not hover.update(i, loss, 1.0)
+    hover.finish()
+    assert hover.diverged_step is None and hover.below_step == 2
+    up = Stability(t, 100)
+    seen = [up.update(i, loss, 1.0) for i, loss in enumerate([11.2, 9.0, 9.0, 13.0], 1)]
+    assert seen == [False, False, False, True] and up.diverged_step == 1  # level 10.1 > 9.0 + 1
+    late = Stability(TrainConfig(divergence_margin=1.0, divergence_patience=50), 100)
+    for i, loss in enumerate([11.2] + [3.0] * 10 + [5.0] * 2 + [7.0] * 10, 1):  # came down to 3, then up at 7
+        assert not late.update(i, loss, 1.0)
+    late.finish()  # ended above the ceiling with its level at 6 > 3 + 1: diverged where the stretch began
+    assert late.below_step == 2 and late.diverged_step == 14 and late.reason.startswith("ended above")
+
+
+def test_a_run_that_never_learns_is_stalled_and_one_that_learns_is_not(tiny_base):
+    """lr 1e-7: ends near its initial loss, above the unigram: stalled true, not diverged; lr 3e-3 on the
+    same text ends below the unigram: stalled false."""
+    base = dict(model={"layers": 1, "d_model": 64}, data={"seq_len": 32, "max_chars": 200_000},
+                train={"steps": 150, "batch_size": 16, "warmup_steps": 10, "eval_every": 150, "eval_tokens": 4096})
+    never = train(from_dict(tiny_base(**{**base, "train": {**base["train"], "lr": 1e-7}})), threads=1)
+    assert not never["diverged"] and never["stalled"] is True  # it hovers around the ceiling, never rising
+    assert never["final_val_loss"] > never["unigram_loss"]
+    learns = train(from_dict(tiny_base(**{**base, "train": {**base["train"], "lr": 3e-3}})), threads=1)
+    assert not learns["diverged"] and learns["stalled"] is False
+    assert learns["final_val_loss"] < learns["unigram_loss"] - 0.05 and learns["below_ceiling_step"] >= 1
+
+
 def test_a_real_run_with_excursions_trains_to_the_end(tmp_path, tiny_base):
     """Without a norm, at lr 0.3 and no warmup, the loss leaves the ceiling for a few steps and
     comes back; with a long patience the run goes on, counting them, and is not diverged."""
@@ -115,11 +154,15 @@ def test_a_real_run_with_excursions_trains_to_the_end(tmp_path, tiny_base):
     above = [l > ceiling for l in losses]
     assert s["unstable_steps"] == sum(above) > 0 and s["max_loss"] == pytest.approx(max(losses), rel=1e-5)
     assert s["steps_done"] == len(losses) == 30
-    assert s["diverged"] == above[-1]  # diverged only if it ended above the ceiling
+    # the level: the median of the last 20 losses; risen: more than the margin above its lowest so far
+    level = [statistics.median(losses[max(0, i - 19):i + 1]) for i in range(len(losses))]
+    risen = [level[i] > min(level[:i + 1]) + 1.0 for i in range(len(losses))]
+    assert s["diverged"] == (above[-1] and risen[-1])  # diverged only if it ended above the ceiling, risen
     short = train(from_dict(tiny_base(model={"norm": "none"}, train={"lr": 0.3, "warmup_steps": 0, "steps": 30,
                                                                       "divergence_patience": 1})), threads=1)
-    first = above.index(True) + 1
-    assert short["diverged"] and short["diverged_step"] == first and short["steps_done"] == first
+    stop = next(i for i in range(len(losses)) if above[i] and risen[i]) + 1
+    start = next(j for j in range(stop, 0, -1) if j == 1 or not above[j - 2])
+    assert short["diverged"] and short["diverged_step"] == start and short["steps_done"] == stop
 
 
 def test_the_api_functions_stay_functions_once_every_module_is_loaded():

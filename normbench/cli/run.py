@@ -78,6 +78,8 @@ def run(recipes: List[Path] = typer.Argument(..., metavar="RECIPE...", show_defa
             err_console.print(f"warning: {where}{text}", markup=False, soft_wrap=True)
         if dry_run:
             out_console.print(_plan_table(plan))
+            for line in implied_lines(rec):
+                out_console.print(line, markup=False, soft_wrap=True)
             continue
         try:
             outcome = execute(plan, jobs=jobs, threads=threads, fail_fast=fail_fast,
@@ -158,6 +160,34 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.", show_d
         err_console.print(f"warning: {text}", markup=False, soft_wrap=True)
     out_console.print(_plan_table(plan))
     _print_estimate(plan.todo, None, None)
+
+
+def implied_lines(recipe) -> list[str]:
+    """One line per placement or init that set keys the recipe left unset (implied.py), with its runs."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(recipe.runs, 1):
+        if r.implied:
+            by = {}
+            for key, source in r.implied.items():
+                by.setdefault(source, []).append(f"{key}={_shown(r.cfg, key)}")
+            for source, keys in by.items():
+                groups.setdefault((source, tuple(keys)), []).append(i)
+    return [f"{source} set {', '.join(keys)} (runs {_ranges(runs)})" for (source, keys), runs in groups.items()]
+
+
+def _shown(cfg, key: str) -> str:
+    section, name = key.split(".")
+    v = getattr(getattr(cfg, section), name)
+    return str(v).lower() if isinstance(v, bool) else "null" if v is None else str(v)
+
+
+def _ranges(nums: list[int]) -> str:
+    out, start = [], nums[0]
+    for a, b in zip(nums, nums[1:] + [None]):
+        if b != a + 1:
+            out.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(out)
 
 
 def _plan_table(plan) -> Table:
