@@ -60,7 +60,7 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.causal = True  # False in an encoder (task mlm): every position attends to every real one
         self.measure = False  # when set, the next forward records its per-head statistics (attention_stats)
-        self.stats: torch.Tensor | None = None  # (H, 3): largest |logit|, entropy, weight on position 0
+        self.stats: torch.Tensor | None = None  # (H, 4): largest |logit|, entropy, weight on position 0, largest logit
         self.track_max = False  # when set (QK-Clip), every training forward records logit_max
         self.logit_max: torch.Tensor | None = None  # (H,) the step's largest q.k*scale per head
 
@@ -125,11 +125,12 @@ def logit_max(q, k, attn_mask, causal: bool, scale: float) -> torch.Tensor:
 def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None,
                     mask: torch.Tensor | None, causal: bool = True, scale: float | None = None,
                     cap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
-    """Per head (H, 3): the largest |q.k| * scale (before any soft-cap: the growth a cap hides) over the
+    """Per head (H, 4): the largest |q.k| * scale (before any soft-cap: the growth a cap hides) over the
     (query, key) pairs attention may use; the entropy of the attention weights over the allowed keys,
     averaged over real queries (Zhai et al. 2023's entropy collapse, in nats); the weight on the first
-    position, averaged over real queries (Gu et al. 2025's attention sink). The last two, from the
-    softmax the model uses (cap and sinks included), on the first DIAG_SEQS sequences."""
+    position, averaged over real queries (Gu et al. 2025's attention sink); the largest signed q.k * scale
+    (QK-Clip's S_max). The entropy and the sink, from the softmax the model uses (cap and sinks included),
+    on the first DIAG_SEQS sequences."""
     B, H, T, dh = q.shape
     scale = dh ** -0.5 if scale is None else scale
     s = q.float() @ k.float().transpose(-2, -1)  # (B, H, T, T), unscaled
@@ -142,5 +143,9 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | 
     sink_w = (p[..., 0] * w).sum((0, 2)) / w.sum((0, 2))  # (H,)
     # |s| peaks at max(hi, -lo), and masked pairs set to 0 cannot win: no abs() pass over the scores
     s = s.masked_fill_(~allowed, 0.0)
-    logit = torch.maximum(s.amax(dim=(0, 2, 3)), -s.amin(dim=(0, 2, 3))) * abs(scale)  # (H,)
-    return torch.stack([logit, entropy, sink_w], dim=1)
+    hi = s.amax(dim=(0, 2, 3))
+    logit = torch.maximum(hi, -s.amin(dim=(0, 2, 3))) * abs(scale)  # (H,)
+    # the largest signed logit (what QK-Clip bounds and the softmax follows); a masked 0 wins only where
+    # every allowed pair is negative, so a row of a causal mask (query 0, key 0 allowed) keeps it honest
+    top = torch.where(allowed, s, torch.tensor(-math.inf, device=s.device)).amax(dim=(0, 2, 3)) * scale
+    return torch.stack([logit, entropy, sink_w, top], dim=1)

@@ -15,6 +15,11 @@ A claim names its source, the statement in words, a metric and one of four kinds
         metric: final_val_loss
         same: [{model.norm: rmsnorm}, {model.norm: layernorm}]
         margin: 0.02                          # equivalence within this (required)
+      - source: Wortsman et al. 2023
+        statement: With z-loss, |log Z| stays below 1
+        metric: max_abs_log_z
+        arm: {train.z_loss: 1.0e-4}           # bound: the arm's mean is below this value
+        below: 1.0
       - source: Zhu et al. 2025
         statement: DyT is not worse than LayerNorm by more than 0.02 nats
         metric: final_val_loss
@@ -23,8 +28,10 @@ A claim names its source, the statement in words, a metric and one of four kinds
         margin: 0.02
 
 Kinds: ``directional`` (higher, lower; d = higher - lower > margin), ``same`` (equivalence within
-margin), ``noninferior`` (candidate, reference; d = candidate - reference < margin) and
-``interaction`` (higher, lower, larger_at, smaller_at; d(larger_at) - d(smaller_at) > margin).
+margin), ``noninferior`` (candidate, reference; d = candidate - reference < margin),
+``interaction`` (higher, lower, larger_at, smaller_at; d(larger_at) - d(smaller_at) > margin) and
+``bound`` (arm, below: the arm's mean is below a stated value, a one-sample test; on the log scale
+its geometric mean).
 Options: ``where`` (the runs the claim is about), ``scale`` (linear or log; log is the default for
 multiplicative metrics, and its margin is a factor: ``margin: 2`` is "at least twice"), ``across``
 (every: the claim must hold in every setting of the other varied keys; average: one test blocked by
@@ -45,9 +52,9 @@ from .errors import NormbenchError, Problems
 from .measures import BINARY, CLAIM_METRICS, LOG_SCALE
 
 CLAIM_KEYS = ("source", "statement", "metric", "where", "higher", "lower", "same", "candidate", "reference",
-              "larger_at", "smaller_at", "margin", "scale", "across", "paired", "effect", "family", "looks",
-              "spending")
-KINDS = ("directional", "same", "noninferior", "interaction")
+              "larger_at", "smaller_at", "arm", "below", "margin", "scale", "across", "paired", "effect", "family",
+              "looks", "spending")
+KINDS = ("directional", "same", "noninferior", "interaction", "bound")
 CLAIMS_FILE = "claims.yaml"  # written into a recipe's results folder, so `normbench claims RESULTS` finds them
 VERDICTS = ("held", "not held", "inconclusive")
 @dataclass(frozen=True)
@@ -56,10 +63,10 @@ class Claim:
     statement: str
     metric: str
     where: dict[str, list]
-    a: dict[str, list]  # higher, the first of same, or the candidate
-    b: dict[str, list]  # lower, the second of same, or the reference
+    a: dict[str, list]  # higher, the first of same, the candidate, or a bound's arm
+    b: dict[str, list]  # lower, the second of same, or the reference ({} for a bound)
     kind: str  # one of KINDS
-    margin: float = 0.0  # in the metric's units; on the log scale a factor >= 1
+    margin: float = 0.0  # in the metric's units; on the log scale a factor >= 1; a bound's value (below)
     scale: str = "linear"
     across: str = "every"
     paired: bool = True
@@ -77,6 +84,8 @@ class Claim:
         return math.log(self.margin) if self.scale == "log" else self.margin
 
     def selectors(self) -> list[dict]:
+        if self.kind == "bound":
+            return [self.a]
         return [self.a, self.b] + ([self.larger_at, self.smaller_at] if self.kind == "interaction" else [])
 
 
@@ -97,6 +106,8 @@ def parse_claims(raw: Any, runs: list | None = None) -> list[Claim]:
 
 
 def _kind(item: dict) -> str:
+    if "below" in item or "arm" in item:
+        return "bound"
     if "same" in item:
         return "same"
     if "candidate" in item or "reference" in item:
@@ -107,8 +118,8 @@ def _kind(item: dict) -> str:
 
 
 KIND_KEYS = {"directional": ("higher", "lower"), "same": ("same",), "noninferior": ("candidate", "reference"),
-             "interaction": ("higher", "lower", "larger_at", "smaller_at")}
-GROUP_KEYS = ("higher", "lower", "same", "candidate", "reference", "larger_at", "smaller_at")
+             "interaction": ("higher", "lower", "larger_at", "smaller_at"), "bound": ("arm",)}
+GROUP_KEYS = ("higher", "lower", "same", "candidate", "reference", "larger_at", "smaller_at", "arm")
 
 
 def _claim(item: Any, where: str, runs) -> Claim:
@@ -117,7 +128,7 @@ def _claim(item: Any, where: str, runs) -> Claim:
     if not isinstance(item, dict):
         raise NormbenchError("expected a mapping with source, statement, metric and the groups of its test "
                              "(higher/lower, same, candidate/reference, or an interaction)", key=where)
-    problems = Problems()
+    problems, original = Problems(), item
     for k in item:
         if k not in CLAIM_KEYS:
             problems.add(NormbenchError(f"unknown key{suggest(str(k), CLAIM_KEYS)}; expected {', '.join(CLAIM_KEYS)}",
@@ -146,9 +157,22 @@ def _claim(item: Any, where: str, runs) -> Claim:
         problems.add(NormbenchError(f"expected true or false, got {paired!r}", key=f"{where}.paired"))
         paired = True
     default_margin = 1.0 if scale == "log" else 0.0
+    if kind == "bound":
+        for k in ("margin", "effect"):
+            if k in item:
+                problems.add(NormbenchError(f"a bound claim takes no {k}: below is its value", key=f"{where}.{k}"))
+        below = item.get("below")
+        if isinstance(below, bool) or not isinstance(below, (int, float)) or (scale == "log" and not below > 0):
+            what = "a number > 0 (the metric is compared as a log)" if scale == "log" else "a number"
+            problems.add(NormbenchError(f"expected {what}, got {below!r}", key=f"{where}.below"))
+            below = 1.0
+        item = {**item, "margin": below}
+        item.pop("effect", None)
     margin = item.get("margin", default_margin)
     floor = 1.0 if scale == "log" else 0.0
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= floor:
+    if kind == "bound":
+        pass
+    elif isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= floor:
         what = "a factor >= 1 on the log scale" if scale == "log" else "a number >= 0"
         problems.add(NormbenchError(f"expected {what}, got {margin!r}", key=f"{where}.margin"))
         margin = default_margin
@@ -180,10 +204,10 @@ def _claim(item: Any, where: str, runs) -> Claim:
         check_rate(metric, kind, margin != default_margin, across, scale, where, problems)
     sel = groups_of(item, kind, where, runs, problems)
     problems.raise_any()
-    return Claim(item["source"].strip(), item["statement"].strip(), metric, sel["where"], sel["a"], sel["b"], kind,
+    return Claim(item["source"].strip(), item["statement"].strip(), metric, sel["where"], sel["a"], sel.get("b", {}), kind,
                  float(margin), scale, across, paired, None if effect is None else float(effect),
                  family.strip() if family else None, tuple(looks) if looks else None, spending,
-                 sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=item)
+                 sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=original)
 
 
 def check_rate(metric: str, kind: str, has_margin: bool, across: str, scale: str, where: str,
@@ -216,7 +240,7 @@ def groups_of(item: dict, kind: str, where: str, runs, problems: Problems) -> di
             with problems.check():
                 sel[side] = _selector(same[j], f"{where}.same[{j}]", runs)
     else:
-        names = dict(zip(("a", "b", "larger_at", "smaller_at"), KIND_KEYS[kind] if kind != "same" else ()))
+        names = dict(zip(("a", "b", "larger_at", "smaller_at"), KIND_KEYS[kind]))
         for side, name in names.items():
             if name not in item:
                 problems.add(NormbenchError(f"a {kind} claim needs {', '.join(KIND_KEYS[kind])}", key=f"{where}.{name}"))

@@ -120,11 +120,12 @@ class CharLM:
         (A CPU generator gives CPU batches; the same seed draws other windows on a GPU.)"""
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+    def batch(self, split: str, batch_size: int, gen: torch.Generator, full: bool = False) -> Batch:
+        """``full``: every sequence data.seq_len long, unpadded, even where data.variable_length is set."""
         data, T = self.splits[split], self.cfg.seq_len
         starts = torch.randint(0, len(data) - T - 1, (batch_size, 1), generator=gen, device=gen.device)
         tok = data[(starts + torch.arange(T + 1, device=gen.device)).to(self.device)]  # (B, T+1)
-        if not self.cfg.variable_length:
+        if full or not self.cfg.variable_length:
             return Batch(tok[:, :-1], tok[:, 1:], None)
         lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen).to(self.device)
         real = torch.arange(T, device=self.device) < lengths  # (B, T): L inputs, L targets
@@ -147,12 +148,12 @@ class MaskedLM(CharLM):
         self.token_bytes = torch.cat([self.token_bytes, torch.zeros(1, dtype=self.token_bytes.dtype)])
         self.MASK = len(self.vocab) - 1
 
-    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+    def batch(self, split: str, batch_size: int, gen: torch.Generator, full: bool = False) -> Batch:
         data, T, dev = self.splits[split], self.cfg.seq_len, gen.device
         starts = torch.randint(0, len(data) - T, (batch_size, 1), generator=gen, device=dev)
         tok = data[(starts + torch.arange(T, device=dev)).to(self.device)]  # (B, T)
         real = None
-        if self.cfg.variable_length:
+        if self.cfg.variable_length and not full:
             lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen, device=dev)
             real = (torch.arange(T, device=dev) < lengths).to(self.device)  # (B, T)
             tok = tok.masked_fill(~real, PAD)
@@ -196,8 +197,8 @@ class TokenLM:
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed)  # windows are read on the host, then copied
 
-    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
-        T, arrays = self.cfg.seq_len, self.arrays[split]
+    def batch(self, split: str, batch_size: int, gen: torch.Generator, full: bool = False) -> Batch:
+        T, arrays = self.cfg.seq_len, self.arrays[split]  # never padded: full changes nothing
         sizes = torch.tensor([max(0, len(a) - T - 1) for a in arrays], dtype=torch.float64)
         which = torch.multinomial(sizes, batch_size, replacement=True, generator=gen)
         starts = (torch.rand(batch_size, generator=gen, dtype=torch.float64) * sizes[which]).long()
@@ -225,10 +226,10 @@ class Symbolic:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
-    def batch(self, split: str, batch_size: int, gen: torch.Generator) -> Batch:
+    def batch(self, split: str, batch_size: int, gen: torch.Generator, full: bool = False) -> Batch:
         T = self.cfg.seq_len
         L_max = T // 2  # 2L+1 tokens: L symbols, the separator, L answer tokens
-        if self.cfg.variable_length:
+        if self.cfg.variable_length and not full:
             L = torch.randint(max(1, self.cfg.min_len // 2), L_max + 1, (batch_size, 1), generator=gen)
         else:
             L = torch.full((batch_size, 1), L_max)

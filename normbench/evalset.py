@@ -55,12 +55,13 @@ def targets(b: Batch) -> int:
     return int((b.y != IGNORE).sum())
 
 
-def validation_set(task, eval_tokens: int) -> EvalSet:
-    """Draws of ``DRAW`` validation windows from the fixed seed until ``eval_tokens`` targets are held."""
+def validation_set(task, eval_tokens: int, full: bool = False) -> EvalSet:
+    """Draws of ``DRAW`` validation windows from the fixed seed until ``eval_tokens`` targets are held.
+    ``full``: windows of data.seq_len, unpadded, even for a padded task (the unpadded validation)."""
     gen = torch.Generator().manual_seed(EVAL_SEED)  # on the host: the same windows on every device
     chunks, n = [], 0
     while n < eval_tokens:
-        chunks.append(task.batch("val", DRAW, gen))
+        chunks.append(task.batch("val", DRAW, gen, full=True) if full else task.batch("val", DRAW, gen))
         got = targets(chunks[-1])
         if got == 0 and len(chunks) > 1000:  # a task with no targets would loop for ever
             raise RuntimeError("the validation draws hold no target tokens")

@@ -176,14 +176,19 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Metric("clip_fraction", "the share of steps clipped (null without train.grad_clip)"),
     ), (Series("grad_norm", "the global gradient norm before clipping", "global gradient norm before clipping",
                "‖g‖₂", log=True, smoothed=True),)),
-    Measurement("attention logits", "measure", "max of |q·k|/√d_head over heads, layers and allowed pairs", (
-        Metric("max_attn_logit", "the largest attention logit over training", "max logit", on_diverged=True,
-               column="always", scale="log"),
+    Measurement("attention logits", "measure", "max of |q·k|/√d_head over heads, layers and allowed pairs, "
+                "and the largest signed q·k/√d_head", (
+        Metric("max_attn_logit", "the largest attention logit over training, in magnitude (a large negative "
+                                 "logit counts)", "max logit", on_diverged=True, column="always", scale="log"),
+        Metric("max_attn_logit_signed", "the largest signed attention logit over training: the one the softmax "
+                                        "follows and QK-Clip bounds (its S_max)", "max signed logit",
+               on_diverged=True, scale="log"),
         Metric("attn_logit_by_head", "per block, per head, the largest logit over training: what QK-Clip acts on",
                listed=True),
     ), (Series("attn_logit_max", "the largest attention logit of the step",
                "largest attention logit q·k/√d_h (seed geometric mean; thin: max over seeds)",
-               "max |logit| over heads and layers", log=True),), probe=True),
+               "max |logit| over heads and layers", log=True),
+       Series("attn_logit_top", "the largest signed attention logit of the step")), probe=True),
     Measurement("residual stream", "measure", "the RMS of the residual stream after each block over real "
                 "tokens (the curse of depth, Sun et al. 2025)", (
         Metric("resid_rms_by_layer_init", "the per-block profile at the first measure step", listed=True),
@@ -273,6 +278,12 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Metric("final_val_loss_batch_stats", "that loss at the end", "final val, batch stats", loss=True),
         Metric("bn_eval_gap", "final_val_loss − final_val_loss_batch_stats", "BN eval gap", column="measured"),
     ), (Series("val_loss_batch_stats", "the validation loss with batch statistics"),), probe=True),
+    Measurement("unpadded validation", "end", "a padded run (data.variable_length) scored in eval mode on "
+                "unpadded validation windows of data.seq_len, drawn once from the validation seed (one "
+                "validation pass per run)", (
+        Metric("final_val_loss_unpadded", "that loss at the end (null for unpadded runs)", "final val, unpadded",
+               loss=True, column="measured"),
+    ), probe=True),
     Measurement("learning-rate sensitivity", "run", "per seed, over the learning rates of a group (train.lr must "
                 "vary): the mean of min(loss, initial loss) minus the best (Wortsman et al. 2023)", (
         Metric("lr_sensitivity", "the LR sensitivity of final_val_loss per seed; a diverged run at the cap",

@@ -92,17 +92,20 @@ class AttentionLogits(Probe):
     hidden = ("by_head",)
 
     def take(self, step):
-        return {"attn_logit_max": self.run.model.attention_logit_max(),
-                "by_head": self.run.model.attention_stats()[..., 0]}
+        stats = self.run.model.attention_stats()
+        return {"attn_logit_max": stats[..., 0].amax(), "attn_logit_top": stats[..., 3].amax(),
+                "by_head": stats[..., 0]}
 
     def row(self, values):
-        return {"attn_logit_max": float(values["attn_logit_max"]), "by_head": values["by_head"].tolist()}
+        return {"attn_logit_max": float(values["attn_logit_max"]), "attn_logit_top": float(values["attn_logit_top"]),
+                "by_head": values["by_head"].tolist()}
 
     def summary(self, rows, run):
         heads = [r["by_head"] for _, r in rows]
         by_head = [[log_value(max(finite(h[i][j] for h in heads), default=math.nan)) for j in range(len(heads[0][i]))]
                    for i in range(len(heads[0]))] if heads else None
         return {"max_attn_logit": max(finite(r["attn_logit_max"] for _, r in rows), default=None),
+                "max_attn_logit_signed": max(finite(r.get("attn_logit_top") for _, r in rows), default=None),
                 "attn_logit_by_head": by_head}
 
 
@@ -362,6 +365,30 @@ class BatchNormGap(Probe):
                 "bn_eval_gap": None if run.last_val is None else finite_or_none(run.last_val - vals[-1])}
 
 
+class UnpaddedValidation(Probe):
+    """A padded run (data.variable_length) scored on unpadded validation windows of data.seq_len, in eval
+    mode: BatchNorm's running statistics meet real tokens only there (Shen et al. 2020's pollution by
+    pads shows in them, not on a validation set padded like training)."""
+    name = "unpadded validation"
+    logged = False  # summary only
+
+    def active(self):
+        return bool(self.run.cfg.data.variable_length)
+
+    def take_now(self, run):
+        from .evalset import validation_set
+        from .trainer import evaluate
+
+        if not hasattr(self, "chunks"):
+            self.chunks = validation_set(run.task, run.cfg.train.eval_tokens, full=True).chunks
+        return {"val_loss_unpadded": evaluate(run.model, self.chunks, run.autocast)}
+
+    def summary(self, rows, run):
+        if run.diverged or not rows:
+            return {"final_val_loss_unpadded": None}
+        return {"final_val_loss_unpadded": finite_or_none(rows[-1][1]["val_loss_unpadded"])}
+
+
 @torch.no_grad()
 def causal_leak(model, x: torch.Tensor, mask: torch.Tensor | None, vocab_size: int, autocast) -> float:
     """How much the training-mode outputs at positions <= t move when every token after t changes
@@ -422,7 +449,8 @@ class Causality(Probe):
 PROBES: dict[str, type[Probe]] = {p.name: p for p in (AttentionLogits, ActivationKurtosis, MassiveActivations,
                                                       AttentionEntropy, AttentionSinks, RankCollapse, Saturation,
                                                       ResidualStream, LogPartition, BatchNormFluctuation,
-                                                      ModelUpdate, InitGradient, BatchNormGap, Causality)}
+                                                      ModelUpdate, InitGradient, BatchNormGap, UnpaddedValidation,
+                                                      Causality)}
 
 
 def make_probes(run: Run) -> dict[str, list[Probe]]:

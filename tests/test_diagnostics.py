@@ -57,6 +57,17 @@ def test_attention_entropy_sinks_and_logits_of_a_known_pattern():
     assert stats[0, 2].item() == pytest.approx(sum(1 / (t + 1) for t in range(T)) / T)
     assert stats[1, 1].item() == pytest.approx(0.0, abs=1e-6) and stats[1, 2].item() == pytest.approx(1.0)
     assert stats[:, 0].tolist() == pytest.approx([0.0, big])  # |q.k| / sqrt(1)
+    assert stats[:, 3].tolist() == pytest.approx([0.0, big])  # the largest signed logit
+    # Gu et al.'s sink share at epsilon 0.3: head 1 (weight 1 on position 0) is a sink, head 0 (mean 0.52
+    # over 4 queries, 1/(t+1)) is one too at this length; at T = 64 uniform attention gives 0.074, no sink
+    from normbench.probes import SINK_THRESHOLD
+
+    assert SINK_THRESHOLD == 0.3 and (stats[:, 2] > SINK_THRESHOLD).tolist() == [True, True]
+    long = attention_stats(torch.zeros(1, 1, 64, 1), torch.zeros(1, 1, 64, 1), None, None)
+    assert long[0, 2].item() == pytest.approx(sum(1 / (t + 1) for t in range(64)) / 64) and long[0, 2] < 0.3
+    # negative logits count in magnitude only: head 1 with -big has max |logit| big, largest signed logit 0
+    neg = attention_stats(q, -k, None, None)
+    assert neg[1, 0].item() == pytest.approx(big) and neg[1, 3].item() == pytest.approx(0.0)
     # a padded query does not count: only query 0 is real, and it sees key 0 alone
     one = attention_stats(q, k, torch.ones(T, T, dtype=torch.bool).tril()[None, None] &
                           torch.tensor([True, False, False, False])[None, None, None, :],

@@ -4,6 +4,7 @@ HybridNorm, gated attention, sinks, nGPT, Admin, T-Fixup and the depth-scaled in
 trains a few steps in every placement it allows; earlier runs keep their ids."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -103,6 +104,26 @@ def test_qk_clip_brings_the_next_forward_to_tau(bias):
             torch.testing.assert_close(w, w0 * math.sqrt(tau / s))
     v = m.blocks[0].attn.qkv.weight[32:]  # values are never touched
     assert torch.equal(v, untouched[0][32:])
+
+
+def test_qk_clip_keeps_the_signed_logit_near_tau_from_the_first_clip_on(tmp_path):
+    """At a moderate rate (3e-3) each measured forward's largest signed logit, from the first that exceeds tau
+    (the first clip) to the end, stays within 1.5 tau: the clip leaves tau on the batch it saw, and the next
+    AdamW step and the next batch add little. The magnitude (negative logits too) is not what it bounds."""
+    tau = 4.0
+    cfg = from_dict(tiny(model={"layers": 2, "d_model": 64, "heads": 4, "d_ff": 128, "bias": False},
+                         data={"seq_len": 64, "max_chars": 200_000},
+                         train={"steps": 150, "lr": 3e-3, "qk_clip": tau, "measure_every": 1, "warmup_steps": 10,
+                                "eval_every": 150, "batch_size": 16, "eval_tokens": 2048}))
+    from normbench.trainer import train
+
+    s = train(cfg, tmp_path, threads=1)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    top = [r["attn_logit_top"] for r in rows if "attn_logit_top" in r]
+    first = next(i for i, v in enumerate(top) if v > tau)  # the clip acts after this step
+    assert first > 0 and max(top[first + 1:]) <= 1.5 * tau
+    assert s["max_attn_logit_signed"] == pytest.approx(max(top), rel=1e-5)
+    assert s["max_attn_logit"] >= s["max_attn_logit_signed"]
 
 
 def test_post_step_hooks_come_from_the_config():

@@ -325,3 +325,46 @@ def test_abs_final_log_z_is_the_distance_of_the_final_log_partition_from_zero():
 
     assert run_value({"final_log_z": -3.5, "diverged": False}, "abs_final_log_z") == 3.5
     assert run_value({"final_log_z": None, "diverged": False}, "abs_final_log_z") is None
+
+
+def bound_claim(**kw):
+    raw = {"source": "a paper", "statement": "post's max logit stays below 40", "metric": "max_attn_logit",
+           "arm": {"model.placement": "post"}, "below": 40.0, **kw}
+    return parse_claims([raw])[0]
+
+
+def test_a_bound_claim_is_a_one_sample_test_of_the_arm_against_its_value():
+    """Held when the arm's (geometric) mean is significantly below the bound, not held when significantly
+    above: Student's t on the logs against log(bound), checked against scipy's one-sample test."""
+    below, above = [30.0, 33.0, 31.5, 29.0], [52.0, 60.0, 55.0, 58.0]
+    rows = lambda vals: [("post", 1e-3, s, v) for s, v in enumerate(vals)] + [("pre", 1e-3, s, 1e3) for s in range(4)]
+    c = bound_claim()
+    assert c.kind == "bound" and c.selectors() == [{"model.placement": ["post"]}] and c.scale == "log"
+    res = evaluate(c, frame(rows(below), "max_attn_logit"))
+    logs = [math.log(v) for v in below]
+    ref = stats.ttest_1samp(logs, math.log(40.0), alternative="less")
+    assert res["p"] == pytest.approx(ref.pvalue, rel=1e-9) and res["p"] < 0.05
+    assert res["p_against"] == pytest.approx(1 - ref.pvalue, rel=1e-9)
+    assert "bound: below 40; paired t, log scale" == res["test"]
+    text = evidence_text(c, res)
+    assert "against 40" in text and "mean 30.8" in text and "n=4" in text  # the pre arm (1000) plays no part
+    res = evaluate(c, frame(rows(above), "max_attn_logit"))
+    assert res["p_against"] < 0.05 and res["p"] > 0.5
+    lin = bound_claim(metric="final_val_loss", below=2.4, statement="post ends below 2.4")
+    res = evaluate(lin, frame(rows([2.30, 2.31, 2.35, 2.28]), "final_val_loss"))
+    ref = stats.ttest_1samp([2.30, 2.31, 2.35, 2.28], 2.4, alternative="less")
+    assert lin.scale == "linear" and res["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("extra,key,text", [
+    ({"below": 0.0}, "below", "a number > 0"), ({"below": "x"}, "below", "expected"),
+    ({"margin": 2.0}, "margin", "takes no margin"), ({"effect": 2.0}, "effect", "takes no effect"),
+    ({"higher": {"model.placement": "pre"}}, "higher", "does not belong to a bound claim"),
+])
+def test_a_malformed_bound_claim_is_refused_in_one_line(extra, key, text):
+    from normbench.errors import NormbenchError
+
+    with pytest.raises(NormbenchError) as e:
+        bound_claim(**extra)
+    problems = getattr(e.value, "errors", [e.value])
+    assert any(p.key.endswith(key) and text in str(p) for p in problems), [str(p) for p in problems]

@@ -13,13 +13,14 @@ from normbench.probes import PROBES, Run, make_probes
 from normbench.trainer import train
 
 
-BN_DYT = tiny(model={"norm": "batchnorm", "qk_norm": True, "qk_norm_type": "dyt"}, train={"measure_every": 3})
+BN_DYT = tiny(model={"norm": "batchnorm", "qk_norm": True, "qk_norm_type": "dyt"}, train={"measure_every": 3},
+              data={"variable_length": True})
 
 
 @pytest.fixture(scope="module")
 def bn_run(tmp_path_factory):
-    """A BatchNorm run with DyT as its qk-norm: every probe applies (the fluctuation, the train/eval gap
-    and the saturation too)."""
+    """A padded BatchNorm run with DyT as its qk-norm: every probe applies (the fluctuation, the train/eval
+    gap, the saturation and the unpadded validation too)."""
     d = tmp_path_factory.mktemp("bn")
     return train(from_dict(BN_DYT), d, threads=1), d
 
@@ -75,7 +76,8 @@ def test_each_probe_writes_exactly_its_declared_keys(bn_run):
 def test_derived_sets_match_their_flags():
     assert set(measures.ON_DIVERGED) == {k for k, m in COMPARED.items() if m.on_diverged}
     assert "initial_loss" in measures.ON_DIVERGED and "final_val_loss" not in measures.ON_DIVERGED
-    assert measures.LOSSES == ("final_train_loss", "final_val_loss", "best_val_loss", "final_val_loss_batch_stats")
+    assert measures.LOSSES == ("final_train_loss", "final_val_loss", "best_val_loss", "final_val_loss_batch_stats",
+                               "final_val_loss_unpadded")
     assert set(measures.BINARY) == {"diverged", "stalled"}
     assert set(measures.AT_INIT) == {"grad_norm_init_last_over_first", "token_cos_sim_init_last"}
     assert measures.INDEX_SKIP >= {"val_losses", "spike_steps", "resid_rms_by_layer", "corpus", "versions"}
@@ -88,7 +90,8 @@ def test_default_columns_follow_the_registry():
     assert always == ["final_val_loss", "best_val_loss", "loss_spikes", "max_grad_norm", "max_attn_logit",
                       "tokens_per_s"]
     every = measures.default_columns(lambda k: True, lambda k: True)
-    assert every[len(always):] == ["max_model_update", "bn_eval_gap", "train_causal_leak", "unstable_steps"]
+    assert every[len(always):] == ["max_model_update", "bn_eval_gap", "final_val_loss_unpadded", "train_causal_leak",
+                                   "unstable_steps"]
 
 
 def test_run_value_for_claims_by_hand():

@@ -58,6 +58,11 @@ def describe_contrast(claim: Claim, c: Contrast) -> str:
     if claim.metric in BINARY or c.method.startswith("Fisher"):
         return f"{c.method}"
     lo, hi = c.interval()
+    if claim.kind == "bound":  # one arm: its mean (geometric on the log scale) and interval
+        f = (lambda v: fmt(claim, math.exp(v))) if claim.scale == "log" else (lambda v: fmt(claim, v))
+        est = f"mean {f(c.d)}" if math.isfinite(c.d) else "mean -"
+        ci = "" if math.isnan(lo) else f" [95% CI {f(lo)}, {f(hi)}]"
+        return f"{est}{ci}, {c.method}, n={c.n[0]}"
     if claim.scale == "log":
         est = f"ratio {math.exp(c.d):.3g}×" if math.isfinite(c.d) else "ratio -"
         ci = "" if math.isnan(lo) else f" [95% CI {math.exp(lo):.3g}×, {math.exp(hi):.3g}×]"
@@ -74,7 +79,9 @@ def evidence_text(claim: Claim, res: dict) -> str:
     for s in res["settings"]:
         where = f"{s['setting']}: " if s["setting"] else ""
         vals, c = s["values"], s["contrast"]
-        if claim.kind == "interaction":
+        if claim.kind == "bound":
+            arms = f"{group_name(claim.a)} {describe_arm(claim, vals[0])} against {fmt(claim, claim.margin)}"
+        elif claim.kind == "interaction":
             arms = (f"{group_name(claim.a)} − {group_name(claim.b)} at {group_name(claim.larger_at)}: "
                     f"{_arm_diff(claim, vals[0], vals[1])} vs at {group_name(claim.smaller_at)}: "
                     f"{_arm_diff(claim, vals[2], vals[3])}")

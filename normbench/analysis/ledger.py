@@ -96,6 +96,8 @@ def seeds_of(runs: pd.DataFrame) -> set:
 
 def cells(claim: Claim, runs: pd.DataFrame) -> list[pd.DataFrame]:
     """The arms' runs: [a, b], or for an interaction [a at larger, b at larger, a at smaller, b at smaller]."""
+    if claim.kind == "bound":
+        return [select(runs, claim.a)]
     a, b = select(runs, claim.a), select(runs, claim.b)
     if claim.kind != "interaction":
         return [a, b]
@@ -117,6 +119,8 @@ def tied_failures(values: list[dict]) -> bool:
 
 def seed_contrasts(claim: Claim, values: list[dict]) -> dict:
     """{seed: that seed's contrast} over the seeds every arm has: a - b, or (aL - bL) - (aS - bS)."""
+    if claim.kind == "bound":  # one arm: its own values, against the bound
+        return {s: v for s, v in sorted(values[0].items()) if not math.isnan(v)}
     common = set.intersection(*(set(v) for v in values)) if values else set()
     out = {}
     for s in sorted(common):
@@ -131,6 +135,9 @@ def seed_contrasts(claim: Claim, values: list[dict]) -> dict:
 def contrast(claim: Claim, parts: list[pd.DataFrame]) -> tuple[Contrast, list[dict]]:
     """The setting's test, and each arm's {seed: value}."""
     values = [arm(p, claim) for p in parts]
+    if claim.kind == "bound":  # one sample against the bound: Student's t, signed-rank if a run diverged
+        vals = list(seed_contrasts(claim, values).values())
+        return paired(vals, rank=any(math.isinf(v) for v in vals)), values
     if claim.metric in BINARY:
         return rate_test(claim, parts, values[0], values[1]), values
     if divergence_decides(claim, values):
@@ -198,6 +205,8 @@ def p_values(claim: Claim, c: Contrast) -> tuple[float, float, float]:
             return below, above, math.nan
         return above, below, math.nan
     m = claim.shift
+    if claim.kind == "bound":  # the arm's mean below the bound
+        return c.p_below(m), c.p_above(m), math.nan
     if claim.kind == "same":
         return max(c.p_above(-m), c.p_below(m)), min(1.0, 2 * min(c.p_above(m), c.p_below(-m))), math.nan
     if claim.kind == "noninferior":
@@ -209,7 +218,7 @@ def p_values(claim: Claim, c: Contrast) -> tuple[float, float, float]:
 def effect_of(claim: Claim) -> float | None:
     """The effect of interest on the test's scale (directional and interaction claims with an effect
     above the margin), else None."""
-    if claim.kind in ("same", "noninferior") or claim.effect is None:
+    if claim.kind in ("same", "noninferior", "bound") or claim.effect is None:
         return None
     effect = math.log(claim.effect) if claim.scale == "log" else claim.effect
     return effect if effect > claim.shift else None
@@ -240,7 +249,7 @@ def seeds_needed(claim: Claim, c: Contrast, values: list[dict], alpha: float = A
         sd_dof = sum(len(x) - 1 for x in lists)  # the pooled sd's degrees of freedom
         sigma = math.sqrt(sum(statistics.variance(x) * (len(x) - 1) for x in lists) / sd_dof)
         k = 4.0 if claim.kind == "interaction" else 2.0
-    gap = effect_gap(claim)
+    gap = abs(c.d - claim.shift) if claim.kind == "bound" else effect_gap(claim)  # a bound: the observed distance
     n = seeds_for(sigma_upper(sigma, sd_dof + 1), gap, k=k, two_sided_power=claim.kind == "same",
                   alpha=alpha) if gap else None
     return max(n, n0 + 1) if n else None
@@ -372,6 +381,9 @@ def average_contrast(claim: Claim, settings: list[dict]) -> Contrast:
 
 def test_name(claim: Claim, method: str) -> str:
     unit = f"×{claim.margin:g}" if claim.scale == "log" else f"{claim.margin:g}"
+    if claim.kind == "bound":
+        scale = ", log scale" if claim.scale == "log" else ""
+        return f"bound: below {claim.margin:g}; {method}{scale}"
     kind = {"directional": "directional" + (f", margin {unit}" if claim.shift else ""),
             "same": f"equivalence ±{unit} (TOST)", "noninferior": f"non-inferiority, margin {unit}",
             "interaction": "interaction" + (f", margin {unit}" if claim.shift else "")}[claim.kind]
