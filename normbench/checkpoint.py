@@ -87,6 +87,6 @@ def codec(run) -> dict:
     synthetic = task.cfg.task in ("tokens", "copy", "reverse")  # no tokenizer: the task names its vocabulary
     return {"vocab": list(task.vocab), "tokenizer": task.cfg.task if synthetic else task.cfg.tokenizer,
             "tokenizer_json": getattr(task, "tokenizer_json", None),
-            "causal": task.causal, "mask": getattr(task, "MASK", None),
+            "causal": task.causal, "mask": getattr(task, "MASK", None), "bos": getattr(task, "BOS", None),
             "text": task.cfg.task == "tokens" and any(len(v) == 1 for v in task.vocab[1:]),
             "start": int(run.evalset.chunks[0][0][0, 0])}

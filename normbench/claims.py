@@ -30,8 +30,8 @@ A claim names its source, the statement in words, a metric and one of four kinds
 Kinds: ``directional`` (higher, lower; d = higher - lower > margin), ``same`` (equivalence within
 margin), ``noninferior`` (candidate, reference; d = candidate - reference < margin),
 ``interaction`` (higher, lower, larger_at, smaller_at; d(larger_at) - d(smaller_at) > margin) and
-``bound`` (arm, below: the arm's mean is below a stated value, a one-sample test; on the log scale
-its geometric mean).
+``bound`` (arm, below or above: the arm's mean is below, or above, a stated value, a one-sample test;
+on the log scale its geometric mean).
 Options: ``where`` (the runs the claim is about), ``scale`` (linear or log; log is the default for
 multiplicative metrics, and its margin is a factor: ``margin: 2`` is "at least twice"), ``across``
 (every: the claim must hold in every setting of the other varied keys; average: one test blocked by
@@ -52,7 +52,7 @@ from .errors import NormbenchError, Problems
 from .measures import BINARY, CLAIM_METRICS, LOG_SCALE
 
 CLAIM_KEYS = ("source", "statement", "metric", "where", "higher", "lower", "same", "candidate", "reference",
-              "larger_at", "smaller_at", "arm", "below", "margin", "scale", "across", "paired", "effect", "family",
+              "larger_at", "smaller_at", "arm", "below", "above", "margin", "scale", "across", "paired", "effect", "family",
               "looks", "spending")
 KINDS = ("directional", "same", "noninferior", "interaction", "bound")
 CLAIMS_FILE = "claims.yaml"  # written into a recipe's results folder, so `normbench claims RESULTS` finds them
@@ -66,7 +66,7 @@ class Claim:
     a: dict[str, list]  # higher, the first of same, the candidate, or a bound's arm
     b: dict[str, list]  # lower, the second of same, or the reference ({} for a bound)
     kind: str  # one of KINDS
-    margin: float = 0.0  # in the metric's units; on the log scale a factor >= 1; a bound's value (below)
+    margin: float = 0.0  # in the metric's units; on the log scale a factor >= 1; a bound's value
     scale: str = "linear"
     across: str = "every"
     paired: bool = True
@@ -77,6 +77,7 @@ class Claim:
     larger_at: dict = field(default_factory=dict)  # interaction only
     smaller_at: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, compare=False)  # as written, for claims.yaml
+    above: bool = False  # a bound claim: the mean is above the value (else below)
 
     @property
     def shift(self) -> float:
@@ -106,7 +107,7 @@ def parse_claims(raw: Any, runs: list | None = None) -> list[Claim]:
 
 
 def _kind(item: dict) -> str:
-    if "below" in item or "arm" in item:
+    if "below" in item or "above" in item or "arm" in item:
         return "bound"
     if "same" in item:
         return "same"
@@ -157,16 +158,21 @@ def _claim(item: Any, where: str, runs) -> Claim:
         problems.add(NormbenchError(f"expected true or false, got {paired!r}", key=f"{where}.paired"))
         paired = True
     default_margin = 1.0 if scale == "log" else 0.0
+    above = kind == "bound" and "above" in item
     if kind == "bound":
         for k in ("margin", "effect"):
             if k in item:
-                problems.add(NormbenchError(f"a bound claim takes no {k}: below is its value", key=f"{where}.{k}"))
-        below = item.get("below")
-        if isinstance(below, bool) or not isinstance(below, (int, float)) or (scale == "log" and not below > 0):
+                problems.add(NormbenchError(f"a bound claim takes no {k}: below (or above) is its value",
+                                            key=f"{where}.{k}"))
+        if ("below" in item) == ("above" in item):
+            problems.add(NormbenchError("a bound claim needs one of below or above, its value", key=f"{where}.below"))
+        side = "above" if above else "below"
+        bound = item.get(side)
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or (scale == "log" and not bound > 0):
             what = "a number > 0 (the metric is compared as a log)" if scale == "log" else "a number"
-            problems.add(NormbenchError(f"expected {what}, got {below!r}", key=f"{where}.below"))
-            below = 1.0
-        item = {**item, "margin": below}
+            problems.add(NormbenchError(f"expected {what}, got {bound!r}", key=f"{where}.{side}"))
+            bound = 1.0
+        item = {**item, "margin": bound}
         item.pop("effect", None)
     margin = item.get("margin", default_margin)
     floor = 1.0 if scale == "log" else 0.0
@@ -207,7 +213,7 @@ def _claim(item: Any, where: str, runs) -> Claim:
     return Claim(item["source"].strip(), item["statement"].strip(), metric, sel["where"], sel["a"], sel.get("b", {}), kind,
                  float(margin), scale, across, paired, None if effect is None else float(effect),
                  family.strip() if family else None, tuple(looks) if looks else None, spending,
-                 sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=original)
+                 sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=original, above=above)
 
 
 def check_rate(metric: str, kind: str, has_margin: bool, across: str, scale: str, where: str,

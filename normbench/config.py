@@ -126,6 +126,9 @@ class DataConfig:
     variable_length: bool = opt(False, "draw each sequence's length, right-pad the batch, mask padding "
                                        "out of attention and loss")
     min_len: int = opt(8, "shortest sequence in tokens when variable_length is true", min=2)
+    bos: bool = opt(False, "charlm, text, prose: every window starts with one fixed beginning-of-sequence "
+                           "token <bos> (never a target), as documents do in LLM training: the first token "
+                           "attention sinks form on (Gu et al. 2025)")
     symbols: int = opt(16, "alphabet size of the copy and reverse tasks", min=2)
     tokenizer: Tokenizer = opt("char", "how a text task (charlm, text, prose, mlm) turns text into tokens: char, "
                                        "byte (UTF-8 bytes) or bpe (a byte-level BPE trained on the training split; "
@@ -235,7 +238,9 @@ LATER_KEYS = {"model.mixln_ratio": 0.25, "model.embed_norm": False, "model.qk_no
               "model.softcap_attn": None, "model.softcap_output": None, "model.residual_gate": "none",
               "model.layerscale_init": 0.1, "model.norm_affine": "full", "model.norm_unit_offset": False,
               "model.v_norm": False, "model.attn_gate": False, "model.attn_sinks": False,
-              "train.norm_weight_decay": 0.0, "train.qk_clip": None}
+              "train.norm_weight_decay": 0.0, "train.qk_clip": None,
+              # 0.9.0
+              "data.bos": False}
 
 # keys that say how a run executes and what it keeps, not what it computes: out of the run id, and never a
 # factor compare groups by (a sweep begun on a laptop resumes on a GPU box, with checkpoints turned on)

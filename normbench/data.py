@@ -104,6 +104,10 @@ class CharLM:
         self.tokenizer_json = enc.model  # the BPE itself (sampling encodes a prompt with it); None otherwise
         self.token_bytes = torch.from_numpy(enc.token_bytes)  # (V,) bytes per token: bits per byte
         self.splits = {"train": torch.from_numpy(enc.train).to(device), "val": torch.from_numpy(enc.val).to(device)}
+        self.BOS = None
+        if cfg.bos:  # one more token, never a target and no bytes
+            self.vocab, self.BOS = self.vocab + ["<bos>"], len(self.vocab)
+            self.token_bytes = torch.cat([self.token_bytes, torch.zeros(1, dtype=self.token_bytes.dtype)])
         for split, data in self.splits.items():
             if len(data) < cfg.seq_len + 2:
                 raise NormbenchError(f"the {split} split has {len(data)} tokens, fewer than data.seq_len + 2 = "
@@ -125,6 +129,8 @@ class CharLM:
         data, T = self.splits[split], self.cfg.seq_len
         starts = torch.randint(0, len(data) - T - 1, (batch_size, 1), generator=gen, device=gen.device)
         tok = data[(starts + torch.arange(T + 1, device=gen.device)).to(self.device)]  # (B, T+1)
+        if self.BOS is not None:  # <bos> then T - 1 tokens as inputs; the T tokens after <bos> as targets
+            tok = torch.cat([torch.full_like(tok[:, :1], self.BOS), tok[:, :-1]], dim=1)
         if full or not self.cfg.variable_length:
             return Batch(tok[:, :-1], tok[:, 1:], None)
         lengths = torch.randint(self.cfg.min_len, T + 1, (batch_size, 1), generator=gen).to(self.device)

@@ -136,5 +136,8 @@ def check_data(d, problems: Problems) -> None:
     if d.task in ("copy", "reverse") and d.seq_len < 4:
         problems.add(NormbenchError(f"data.task={d.task} needs data.seq_len >= 4 (symbols, separator, answer)",
                                     key="data.seq_len"))
+    if d.bos and d.task not in ("charlm", "text", "prose"):
+        problems.add(NormbenchError(f"data.bos applies to the decoder text tasks (charlm, text, prose), not to "
+                                    f"{d.task}", key="data.bos"))
     if d.variable_length and d.min_len > d.seq_len:
         problems.add(NormbenchError(f"data.min_len={d.min_len} exceeds data.seq_len={d.seq_len}", key="data.min_len"))

@@ -94,16 +94,23 @@ class Codec:
 
 @torch.no_grad()
 def generate(model, ids: list[int], tokens: int, temperature: float, seed: int, seq_len: int,
-             mask: int | None = None) -> list[int]:
-    """``tokens`` new ids after ``ids``; temperature 0 is greedy. ``mask``: an encoder's mask id."""
+             mask: int | None = None, bos: int | None = None) -> list[int]:
+    """``tokens`` new ids after ``ids``; temperature 0 is greedy. ``mask``: an encoder's mask id; ``bos``: the
+    first token of every training window (data.bos), put before the context as in training."""
     gen = torch.Generator().manual_seed(seed)
     out = list(ids)
     for _ in range(tokens):
-        ctx = out[-(seq_len - 1):] + [mask] if mask is not None else out[-seq_len:]
+        if mask is not None:
+            ctx = out[-(seq_len - 1):] + [mask]
+        elif bos is not None:
+            ctx = [bos] + out[-(seq_len - 1):]
+        else:
+            ctx = out[-seq_len:]
         logits = model(torch.tensor([ctx]))[0, -1].float()
         logits[0] = -float("inf")  # never padding
-        if mask is not None:
-            logits[mask] = -float("inf")
+        for special in (mask, bos):
+            if special is not None:
+                logits[special] = -float("inf")
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
@@ -119,7 +126,7 @@ def sample(run_dir: Path, prompt: str = "", tokens: int = 200, temperature: floa
     ids = c.encode(prompt) if prompt else []
     if not ids:
         ids = [codec["start"]]  # no prompt: start from a frequent token (the first of the validation set)
-    new = generate(model, ids, tokens, temperature, seed, cfg.data.seq_len, codec.get("mask"))
+    new = generate(model, ids, tokens, temperature, seed, cfg.data.seq_len, codec.get("mask"), codec.get("bos"))
     text = c.decode(new)
     joined = prompt + ("" if c.text or not prompt else " ") + text  # token names are separated by spaces
     return {"prompt": prompt, "text": text, "output": joined, "ids": new, "step": step,

@@ -96,3 +96,26 @@ def test_every_shipped_recipe_is_documented():
     for path in sorted((ROOT / "recipes").rglob("*.yaml")):
         if "pilots" not in path.parts:
             assert path.relative_to(ROOT).as_posix() in text, path.name
+
+
+def test_the_claims_page_lists_every_log_scale_metric():
+    """docs/claims.md's `scale` row names exactly the claim metrics the code compares as logs."""
+    import re
+
+    from normbench.measures import CLAIM_METRICS, LOG_SCALE
+
+    row = next(l for l in (docgen.DOCS / "claims.md").read_text().splitlines() if l.startswith("| `scale` |"))
+    assert set(re.findall(r"`(\w+)`", row.split("multiplicative metrics:")[1])) == \
+        {k for k in LOG_SCALE if k in CLAIM_METRICS}
+
+
+def test_extending_counts_its_edits():
+    """A page that says "N edits" lists N numbered steps after it (docs/extending.md once said two and listed three)."""
+    words = {"One": 1, "Two": 2, "Three": 3, "Four": 4}
+    text = (docgen.DOCS / "extending.md").read_text()
+    import re
+
+    for m in re.finditer(r"\b(One|Two|Three|Four) edits?:", text):
+        after = text[m.end():].split("\n## ")[0]
+        steps = re.findall(r"^(\d+)\. ", after, flags=re.M)
+        assert len(steps) == words[m.group(1)], (m.group(0), steps)

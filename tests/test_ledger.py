@@ -330,7 +330,7 @@ def test_abs_final_log_z_is_the_distance_of_the_final_log_partition_from_zero():
 def bound_claim(**kw):
     raw = {"source": "a paper", "statement": "post's max logit stays below 40", "metric": "max_attn_logit",
            "arm": {"model.placement": "post"}, "below": 40.0, **kw}
-    return parse_claims([raw])[0]
+    return parse_claims([{k: v for k, v in raw.items() if v is not None}])[0]
 
 
 def test_a_bound_claim_is_a_one_sample_test_of_the_arm_against_its_value():
@@ -358,6 +358,7 @@ def test_a_bound_claim_is_a_one_sample_test_of_the_arm_against_its_value():
 
 @pytest.mark.parametrize("extra,key,text", [
     ({"below": 0.0}, "below", "a number > 0"), ({"below": "x"}, "below", "expected"),
+    ({"above": 3.0}, "below", "one of below or above"),
     ({"margin": 2.0}, "margin", "takes no margin"), ({"effect": 2.0}, "effect", "takes no effect"),
     ({"higher": {"model.placement": "pre"}}, "higher", "does not belong to a bound claim"),
 ])
@@ -368,3 +369,11 @@ def test_a_malformed_bound_claim_is_refused_in_one_line(extra, key, text):
         bound_claim(**extra)
     problems = getattr(e.value, "errors", [e.value])
     assert any(p.key.endswith(key) and text in str(p) for p in problems), [str(p) for p in problems]
+
+
+def test_a_bound_claim_above_a_value_tests_the_other_side():
+    c = bound_claim(below=None, above=0.01, metric="attn_sink_share", statement="post has sinks")
+    rows = [("post", 1e-3, s, v) for s, v in enumerate([0.042, 0.083, 0.042, 0.125])]
+    res = evaluate(c, frame(rows, "attn_sink_share"))
+    ref = stats.ttest_1samp([0.042, 0.083, 0.042, 0.125], 0.01, alternative="greater")
+    assert c.above and res["p"] == pytest.approx(ref.pvalue, rel=1e-9) and res["test"].startswith("bound: above 0.01")

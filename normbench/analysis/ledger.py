@@ -205,7 +205,9 @@ def p_values(claim: Claim, c: Contrast) -> tuple[float, float, float]:
             return below, above, math.nan
         return above, below, math.nan
     m = claim.shift
-    if claim.kind == "bound":  # the arm's mean below the bound
+    if claim.kind == "bound":  # the arm's mean below (or above) the bound
+        if claim.above:
+            return c.p_above(m), c.p_below(m), math.nan
         return c.p_below(m), c.p_above(m), math.nan
     if claim.kind == "same":
         return max(c.p_above(-m), c.p_below(m)), min(1.0, 2 * min(c.p_above(m), c.p_below(-m))), math.nan
@@ -383,7 +385,7 @@ def test_name(claim: Claim, method: str) -> str:
     unit = f"×{claim.margin:g}" if claim.scale == "log" else f"{claim.margin:g}"
     if claim.kind == "bound":
         scale = ", log scale" if claim.scale == "log" else ""
-        return f"bound: below {claim.margin:g}; {method}{scale}"
+        return f"bound: {'above' if claim.above else 'below'} {claim.margin:g}; {method}{scale}"
     kind = {"directional": "directional" + (f", margin {unit}" if claim.shift else ""),
             "same": f"equivalence ±{unit} (TOST)", "noninferior": f"non-inferiority, margin {unit}",
             "interaction": "interaction" + (f", margin {unit}" if claim.shift else "")}[claim.kind]
