@@ -56,7 +56,7 @@ CLAIM_KEYS = ("source", "statement", "metric", "where", "higher", "lower", "same
               "looks", "spending")
 KINDS = ("directional", "same", "noninferior", "interaction", "bound")
 CLAIMS_FILE = "claims.yaml"  # written into a recipe's results folder, so `normbench claims RESULTS` finds them
-VERDICTS = ("held", "not held", "inconclusive")
+VERDICTS = ("held", "not held", "inconclusive", "untestable")
 @dataclass(frozen=True)
 class Claim:
     source: str

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from normbench.config import DataConfig
@@ -63,3 +64,30 @@ def test_copy_and_reverse_answers():
                     assert mask[b].sum().item() == 2 * L + 1 or mask[b].sum().item() == 2 * L
             if not variable:
                 assert mask is None
+
+
+def test_bos_starts_every_window_with_one_fixed_token_that_is_never_a_target():
+    """data.bos: <bos> at position 0 of every input, the corpus's next T tokens as targets (the window
+    shifted by one), in padded batches too; one more vocabulary entry with no bytes; refused off the
+    decoder text tasks."""
+    import torch
+
+    from conftest import tiny
+    from normbench.config import from_dict
+    from normbench.data import make_task
+    from normbench.errors import NormbenchError
+
+    plain = make_task(from_dict(tiny()).data, torch.device("cpu"))
+    task = make_task(from_dict(tiny(data={"bos": True})).data, torch.device("cpu"))
+    assert task.vocab_size == plain.vocab_size + 1 and task.vocab[task.BOS] == "<bos>"
+    assert int(task.token_bytes[task.BOS]) == 0
+    a = plain.batch("train", 8, torch.Generator().manual_seed(3))
+    b = task.batch("train", 8, torch.Generator().manual_seed(3))  # the same windows, shifted by <bos>
+    assert (b.x[:, 0] == task.BOS).all() and torch.equal(b.x[:, 1:], a.x[:, :-1]) and torch.equal(b.y, a.x)
+    assert not (b.y == task.BOS).any()
+    padded = make_task(from_dict(tiny(data={"bos": True, "variable_length": True})).data, torch.device("cpu"))
+    p = padded.batch("train", 8, torch.Generator().manual_seed(3))
+    assert (p.x[:, 0] == padded.BOS).all() and p.mask[:, 0].all()
+    with pytest.raises(NormbenchError) as e:
+        from_dict(tiny(data={"task": "mlm", "bos": True}))
+    assert e.value.key == "data.bos" or any(err.key == "data.bos" for err in getattr(e.value, "errors", []))

@@ -175,6 +175,10 @@ def test_a_claim_whose_arms_never_vary_is_untestable_not_p_one():
     c = res["settings"][0]["contrast"]
     assert c.method.startswith("untestable") and math.isnan(res["p"]) and math.isnan(res["p_against"])
     assert "untestable" in evidence_text(claim(), res)
+    from normbench.analysis.decide import standing
+
+    (m,) = standing([("r", claim(), None, res)])
+    assert m["verdict"] == "untestable" and m["needed"] is None  # said in the verdict, no seeds asked for
 
 
 def test_a_diverged_run_is_the_worst_rank_not_a_made_up_loss():

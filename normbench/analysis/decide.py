@@ -66,6 +66,12 @@ def verdict(adj: dict) -> str:
     return "inconclusive"
 
 
+def untestable(res: dict | None) -> bool:
+    """Every setting's contrast is untestable (every run of every arm the same value: 0 sinks against 0)."""
+    return bool(res and res["settings"]) and all(s["contrast"].method.startswith("untestable")
+                                                  for s in res["settings"])
+
+
 def holm_step(m: dict, members: list[dict]) -> float:
     """The level of a claim's Holm step in its family: alpha / (m - rank + 1), by its sequential p."""
     ps = sorted(x["seq"]["p"] for x in members if x["res"] is not None and not math.isnan(x["seq"]["p"]))
@@ -84,6 +90,8 @@ def standing(judged: list[tuple]) -> list[dict]:
         # a claim keeps the verdict it stopped with: a level passed on later by another claim's
         # rejection never turns a contradicted claim into a held one
         m["verdict"] = (m["stopped_as"] or verdict(m["adj"])) if m["res"] is not None else "inconclusive"
+        if m["verdict"] == "inconclusive" and untestable(m["res"]):
+            m["verdict"] = "untestable"  # no arm varies anywhere: no test, and no seeds can change that
         m["needed"] = None
         if m["res"] is not None and m["verdict"] == "inconclusive":
             size(m, [x for x in members if x["family"] == m["family"]])

@@ -218,7 +218,7 @@ def _write_report(write_report, c, results: Path, command: str, formats: list[st
         raise NormbenchError(f"cannot write the report: {e.strerror}", file=str(results)) from None
 
 
-VERDICT_STYLE = {"held": "green", "not held": "red", "inconclusive": "dim"}
+VERDICT_STYLE = {"held": "green", "not held": "red", "inconclusive": "dim", "untestable": "dim"}
 
 
 @app.command()
@@ -240,7 +240,7 @@ def claims(paths: Optional[List[Path]] = typer.Argument(None, metavar="[PATHS]..
                                                    "beyond this many seeds per arm (default: the design's last)."),
            jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="With --settle: runs at once "
                                               "(default: as normbench run).")):
-    """Judge every claim of the recipes on their finished runs: held, not held or inconclusive, with the
+    """Judge every claim of the recipes on their finished runs: held, not held, inconclusive or untestable, with the
     test (paired t, Welch, rank, Fisher, McNemar), the evidence by group name, the claim's sequential p,
     p_adjusted (Holm within its family: a paper's claims in one recipe) and q_ledger (Benjamini-Hochberg
     over the ledger, informative only) (docs/claims.md)."""
