@@ -349,7 +349,7 @@ def test_a_bound_claim_is_a_one_sample_test_of_the_arm_against_its_value():
     ref = stats.ttest_1samp(logs, math.log(40.0), alternative="less")
     assert res["p"] == pytest.approx(ref.pvalue, rel=1e-9) and res["p"] < 0.05
     assert res["p_against"] == pytest.approx(1 - ref.pvalue, rel=1e-9)
-    assert "bound: below 40; paired t, log scale" == res["test"]
+    assert "bound: below 40; one-sample t, log scale" == res["test"]
     text = evidence_text(c, res)
     assert "against 40" in text and "mean 30.8" in text and "n=4" in text  # the pre arm (1000) plays no part
     res = evaluate(c, frame(rows(above), "max_attn_logit"))

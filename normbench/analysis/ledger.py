@@ -35,6 +35,7 @@ The rule (docs/claims.md says the same in words):
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -137,7 +138,8 @@ def contrast(claim: Claim, parts: list[pd.DataFrame]) -> tuple[Contrast, list[di
     values = [arm(p, claim) for p in parts]
     if claim.kind == "bound":  # one sample against the bound: Student's t, signed-rank if a run diverged
         vals = list(seed_contrasts(claim, values).values())
-        return paired(vals, rank=any(math.isinf(v) for v in vals)), values
+        c = paired(vals, rank=any(math.isinf(v) for v in vals))
+        return (replace(c, method="one-sample t") if c.method == "paired t" else c), values
     if claim.metric in BINARY:
         return rate_test(claim, parts, values[0], values[1]), values
     if divergence_decides(claim, values):
@@ -235,9 +237,9 @@ def seeds_needed(claim: Claim, c: Contrast, values: list[dict], alpha: float = A
 
     if c.method.endswith("(divergence)"):
         return exact_seeds(alpha, c.method.startswith("McNemar"))
-    if c.method not in ("paired t", "Welch t") or claim.metric in BINARY:
+    if c.method not in ("paired t", "one-sample t", "Welch t") or claim.metric in BINARY:
         return None
-    if c.method == "paired t":
+    if c.method in ("paired t", "one-sample t"):
         diffs = seed_contrasts(claim, values)
         if len(diffs) < 2:
             return None
@@ -373,7 +375,7 @@ def average_contrast(claim: Claim, settings: list[dict]) -> Contrast:
     """``across: average``: per seed the mean of its setting contrasts (paired designs), else the mean of
     the settings' contrasts with Welch-Satterthwaite degrees of freedom (``stats.combine``; rank and
     Stein contrasts do not combine and leave it untestable)."""
-    if all(s["contrast"].method == "paired t" for s in settings):
+    if all(s["contrast"].method in ("paired t", "one-sample t") for s in settings):
         per = [seed_contrasts(claim, s["values"]) for s in settings]
         common = set.intersection(*(set(p) for p in per))
         c = paired([sum(p[s] for p in per) / len(per) for s in sorted(common)])
