@@ -160,20 +160,7 @@ def _claim(item: Any, where: str, runs) -> Claim:
     default_margin = 1.0 if scale == "log" else 0.0
     above = kind == "bound" and "above" in item
     if kind == "bound":
-        for k in ("margin", "effect"):
-            if k in item:
-                problems.add(NormbenchError(f"a bound claim takes no {k}: below (or above) is its value",
-                                            key=f"{where}.{k}"))
-        if ("below" in item) == ("above" in item):
-            problems.add(NormbenchError("a bound claim needs one of below or above, its value", key=f"{where}.below"))
-        side = "above" if above else "below"
-        bound = item.get(side)
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or (scale == "log" and not bound > 0):
-            what = "a number > 0 (the metric is compared as a log)" if scale == "log" else "a number"
-            problems.add(NormbenchError(f"expected {what}, got {bound!r}", key=f"{where}.{side}"))
-            bound = 1.0
-        item = {**item, "margin": bound}
-        item.pop("effect", None)
+        item = {**item, "margin": _bound(item, where, scale, problems)}
     margin = item.get("margin", default_margin)
     floor = 1.0 if scale == "log" else 0.0
     if kind == "bound":
@@ -214,6 +201,23 @@ def _claim(item: Any, where: str, runs) -> Claim:
                  float(margin), scale, across, paired, None if effect is None else float(effect),
                  family.strip() if family else None, tuple(looks) if looks else None, spending,
                  sel.get("larger_at", {}), sel.get("smaller_at", {}), raw=original, above=above)
+
+
+def _bound(item: dict, where: str, scale: str, problems: Problems) -> float:
+    """A bound claim's value (``below`` or ``above``, exactly one), checked; it takes no margin or effect."""
+    for k in ("margin", "effect"):
+        if k in item:
+            problems.add(NormbenchError(f"a bound claim takes no {k}: below (or above) is its value",
+                                        key=f"{where}.{k}"))
+    if ("below" in item) == ("above" in item):
+        problems.add(NormbenchError("a bound claim needs one of below or above, its value", key=f"{where}.below"))
+    side = "above" if "above" in item else "below"
+    bound = item.get(side)
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or (scale == "log" and not bound > 0):
+        what = "a number > 0 (the metric is compared as a log)" if scale == "log" else "a number"
+        problems.add(NormbenchError(f"expected {what}, got {bound!r}", key=f"{where}.{side}"))
+        return 1.0
+    return float(bound)
 
 
 def check_rate(metric: str, kind: str, has_margin: bool, across: str, scale: str, where: str,

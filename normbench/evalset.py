@@ -94,6 +94,17 @@ def mean_loss(model, batches: list[Batch], autocast) -> float:
     return total / max(n, 1)
 
 
+@torch.no_grad()
+def evaluate(model, batches, autocast) -> float:
+    """Token-weighted mean loss over ``batches`` in eval mode (BatchNorm normalises with its running
+    statistics)."""
+    model.eval()
+    try:
+        return mean_loss(model, batches, autocast)
+    finally:
+        model.train()
+
+
 def train_target_counts(task) -> torch.Tensor:
     """(V,) how often each token is a target in the training split: the corpus itself for the text
     tasks (every token is some window's target), a fixed sample of training batches otherwise."""

@@ -47,6 +47,7 @@ class Metric:
     at_init: bool = False  # taken at initialisation: keys that act after step 0 never split it
     nats: bool = True  # a loss in nats per token (bits per byte are not: LR sensitivity's cap is in nats)
     across_lrs: bool = False  # a claim's metric over a group's learning rates, per seed (the ledger's)
+    discrete: bool = False  # a count over few units (a share of the heads): claims test it by ranks
 
     @property
     def compared(self) -> bool:
@@ -242,7 +243,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                "heads and blocks", "nats", extra=True),), probe=True),
     Measurement("attention sinks", "measure", "Gu et al. 2025: the share of (block, head) pairs whose attention "
                 "weight on the first position, averaged over real queries, exceeds 0.3", (
-        Metric("attn_sink_share", "at the last measure step", "sink share"),
+        Metric("attn_sink_share", "at the last measure step", "sink share", discrete=True),
     ), (Series("attn_sink_share", "the sink share", "attention sinks (share of heads with mean weight > 0.3 on "
                "position 0)", "share of heads", extra=True, share=True),), probe=True),
     Measurement("rank collapse", "measure", "Noci et al. 2022: per block, the mean cosine similarity of the "
@@ -336,6 +337,7 @@ LOSSES = tuple(k for k, m in COMPARED.items() if m.loss and m.nats and not m.on_
 LOG_SCALE = tuple(k for k, m in METRICS.items() if m.scale == "log")
 BINARY = tuple(k for k, m in METRICS.items() if m.binary)
 AT_INIT = tuple(k for k, m in METRICS.items() if m.at_init)
+DISCRETE = tuple(k for k, m in METRICS.items() if m.discrete)
 
 
 def default_columns(has_values, nonzero) -> list[str]:

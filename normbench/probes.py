@@ -376,8 +376,7 @@ class UnpaddedValidation(Probe):
         return bool(self.run.cfg.data.variable_length)
 
     def take_now(self, run):
-        from .evalset import validation_set
-        from .trainer import evaluate
+        from .evalset import evaluate, validation_set
 
         if not hasattr(self, "chunks"):
             self.chunks = validation_set(run.task, run.cfg.train.eval_tokens, full=True).chunks

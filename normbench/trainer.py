@@ -24,7 +24,7 @@ from . import checkpoint
 from .config import RunConfig, TrainConfig
 from .data import IGNORE, make_task
 from .errors import NormbenchError
-from .evalset import mean_loss, validation_set
+from .evalset import evaluate, validation_set
 from .inits import profile_admin
 from .model import Transformer
 from .poststep import PostStep, make_post_step
@@ -182,17 +182,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.f:
             self.f.close()
-
-
-@torch.no_grad()
-def evaluate(model, batches, autocast) -> float:
-    """Token-weighted mean loss over ``batches`` in eval mode (BatchNorm normalises with its running
-    statistics)."""
-    model.eval()
-    try:
-        return mean_loss(model, batches, autocast)
-    finally:
-        model.train()
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:

@@ -376,8 +376,19 @@ def test_a_malformed_bound_claim_is_refused_in_one_line(extra, key, text):
 
 
 def test_a_bound_claim_above_a_value_tests_the_other_side():
-    c = bound_claim(below=None, above=0.01, metric="attn_sink_share", statement="post has sinks")
+    c = bound_claim(below=None, above=0.01, metric="min_attn_entropy", statement="post keeps some entropy")
     rows = [("post", 1e-3, s, v) for s, v in enumerate([0.042, 0.083, 0.042, 0.125])]
-    res = evaluate(c, frame(rows, "attn_sink_share"))
+    res = evaluate(c, frame(rows, "min_attn_entropy"))
     ref = stats.ttest_1samp([0.042, 0.083, 0.042, 0.125], 0.01, alternative="greater")
     assert c.above and res["p"] == pytest.approx(ref.pvalue, rel=1e-9) and res["test"].startswith("bound: above 0.01")
+
+
+def test_a_discrete_share_is_tested_by_ranks_not_as_an_exact_difference():
+    """Sink shares move in steps of 1/24: three seeds each 1/24 apart are not a difference without spread
+    (a t-test's p = 0); Wilcoxon's signed-rank test on 3 pairs gives 1/8 at best."""
+    raw = {"source": "a paper", "statement": "post has more sinks", "metric": "attn_sink_share",
+           "higher": {"model.placement": "post"}, "lower": {"model.placement": "pre"}}
+    c = parse_claims([raw])[0]
+    res = evaluate(c, frame(arms([1 / 24, 2 / 24, 1 / 24], [0.0, 1 / 24, 0.0]), "attn_sink_share"))
+    assert res["settings"][0]["contrast"].method == "Wilcoxon signed-rank"
+    assert res["p"] == pytest.approx(0.125)

@@ -60,7 +60,8 @@ def describe_contrast(claim: Claim, c: Contrast) -> str:
     lo, hi = c.interval()
     if claim.kind == "bound":  # one arm: its mean (geometric on the log scale) and interval
         f = (lambda v: fmt(claim, math.exp(v))) if claim.scale == "log" else (lambda v: fmt(claim, v))
-        est = f"mean {f(c.d)}" if math.isfinite(c.d) else "mean -"
+        what = "median" if c.method.startswith("Wilcoxon") else "mean"
+        est = f"{what} {f(c.d)}" if math.isfinite(c.d) else f"{what} -"
         ci = "" if math.isnan(lo) else f" [95% CI {f(lo)}, {f(hi)}]"
         return f"{est}{ci}, {c.method}, n={c.n[0]}"
     if claim.scale == "log":

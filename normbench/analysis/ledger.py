@@ -42,7 +42,7 @@ import pandas as pd
 
 from ..catalog import AFTER_INIT
 from ..claims import CLAIMS_FILE, Claim, parse_claims
-from ..measures import AT_INIT, BINARY, run_value
+from ..measures import AT_INIT, BINARY, DISCRETE, run_value
 from .evidence import evidence_text
 from ..errors import NormbenchError
 from .stats import (ALPHA, Contrast, combine, exact_seeds, holm, paired, paired_rates, rates, seeds_for,
@@ -138,7 +138,7 @@ def contrast(claim: Claim, parts: list[pd.DataFrame]) -> tuple[Contrast, list[di
     values = [arm(p, claim) for p in parts]
     if claim.kind == "bound":  # one sample against the bound: Student's t, signed-rank if a run diverged
         vals = list(seed_contrasts(claim, values).values())
-        c = paired(vals, rank=any(math.isinf(v) for v in vals))
+        c = paired(vals, rank=claim.metric in DISCRETE or any(math.isinf(v) for v in vals))
         return (replace(c, method="one-sample t") if c.method == "paired t" else c), values
     if claim.metric in BINARY:
         return rate_test(claim, parts, values[0], values[1]), values
@@ -148,12 +148,15 @@ def contrast(claim: Claim, parts: list[pd.DataFrame]) -> tuple[Contrast, list[di
         return Contrast(f"{c.method} (divergence)", c.d, c.n, data=c.data), values
     if constant(values):
         return Contrast("untestable: no arm varies", math.nan, tuple(len(v) for v in values)), values
+    # a discrete metric (a share of 24 heads: steps of 1/24) is tested by ranks: equal per-seed
+    # differences are its granularity, not a spread of 0 that a t-test would call exact
+    rank = claim.metric in DISCRETE
     if is_paired(claim, parts):
         diffs = seed_contrasts(claim, values)
-        return paired(list(diffs.values()), rank=tied_failures(values)), values
+        return paired(list(diffs.values()), rank=rank or tied_failures(values)), values
     if claim.kind == "interaction":
         return interaction_unpaired(values), values
-    return unpaired(list(values[0].values()), list(values[1].values())), values
+    return unpaired(list(values[0].values()), list(values[1].values()), rank=rank), values
 
 
 def constant(values: list[dict]) -> bool:

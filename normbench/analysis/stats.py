@@ -217,10 +217,11 @@ def paired(diffs, rank: bool = False) -> Contrast:
     return Contrast("paired t", d, (n,), se=statistics.stdev(diffs) / math.sqrt(n), df=n - 1)
 
 
-def unpaired(a, b) -> Contrast:
-    """Welch's t-test of mean(a) - mean(b), or the Mann-Whitney U test when a value is infinite."""
+def unpaired(a, b, rank: bool = False) -> Contrast:
+    """Welch's t-test of mean(a) - mean(b), or the Mann-Whitney U test when a value is infinite or
+    ``rank`` (a discrete metric)."""
     a, b = _clean(a), _clean(b)
-    if any(math.isinf(x) for x in a + b):
+    if rank or any(math.isinf(x) for x in a + b):
         d = statistics.median(a) - statistics.median(b) if a and b else math.nan  # inf - inf: NaN, said as "-"
         return Contrast("Mann-Whitney U", d, (len(a), len(b)), data=(tuple(a), tuple(b)))
     if not a or not b:
