@@ -129,6 +129,24 @@ def test_a_run_not_yet_come_down_from_its_initial_loss_is_not_diverged():
     assert late.below_step == 2 and late.diverged_step == 14 and late.reason.startswith("ended above")
 
 
+def test_a_short_wide_run_on_a_small_alphabet_is_not_diverged_since_step_1(tmp_path):
+    """The issue's case: 6 steps at d_model 128 on a 20-symbol text start near sqrt(d) above ln V (tied
+    head, sqrt(d) embedding scale) and are still coming down: not diverged, stalled, never below the ceiling."""
+    import random
+
+    rng = random.Random(1)
+    f = tmp_path / "sym20.txt"
+    f.write_text("".join(rng.choice("abcdefghijklmnopqrs ") for _ in range(50_000)))
+    cfg = from_dict({"model": {"layers": 1, "d_model": 128, "heads": 2, "d_ff": 64},
+                     "data": {"task": "text", "path": str(f), "seq_len": 32},
+                     "train": {"steps": 6, "batch_size": 4, "warmup_steps": 0, "eval_every": 6, "eval_tokens": 1024},
+                     "device": "cpu"})
+    s = train(cfg, threads=1)
+    assert s["initial_loss"] > math.log(s["vocab_size"]) + 5  # far above ln V = 3.04
+    assert not s["diverged"] and s["divergence_reason"] is None and s["below_ceiling_step"] is None
+    assert s["stalled"] is True and s["final_val_loss"] < s["initial_loss"]
+
+
 def test_a_run_that_never_learns_is_stalled_and_one_that_learns_is_not(tiny_base):
     """lr 1e-7: ends near its initial loss, above the unigram: stalled true, not diverged; lr 3e-3 on the
     same text ends below the unigram: stalled false."""
