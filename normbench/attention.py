@@ -145,7 +145,6 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | 
     s = s.masked_fill_(~allowed, 0.0)
     hi = s.amax(dim=(0, 2, 3))
     logit = torch.maximum(hi, -s.amin(dim=(0, 2, 3))) * abs(scale)  # (H,)
-    # the largest signed logit (what QK-Clip bounds and the softmax follows); a masked 0 wins only where
-    # every allowed pair is negative, so a row of a causal mask (query 0, key 0 allowed) keeps it honest
-    top = torch.where(allowed, s, torch.tensor(-math.inf, device=s.device)).amax(dim=(0, 2, 3)) * scale
+    # the largest signed logit (what QK-Clip bounds and the softmax follows), over the allowed pairs only
+    top = s.masked_fill_(~allowed, -math.inf).amax(dim=(0, 2, 3)) * scale  # in place: no second (B, H, T, T)
     return torch.stack([logit, entropy, sink_w, top], dim=1)
