@@ -409,6 +409,10 @@ def test_a_placement_or_init_brings_its_conventions_where_unset(model_keys, brou
                     train={k.split(".")[1]: v for k, v in brought.items() if k.startswith("train.")})
     assert apply(explicit)[1] == {} and from_dict(explicit).run_id() == cfg.run_id()
     assert raw == tiny(model=model_keys)  # the caller's mapping is not changed
+    from normbench.trainer import train
+
+    s = train(from_dict(tiny(model=model_keys, train={"steps": 2, "eval_every": 2})), threads=1)  # it trains
+    assert s["steps_done"] == 2 and math.isfinite(s["final_val_loss"])
 
 
 def test_keys_and_dry_run_show_what_a_placement_brought(tmp_path):
