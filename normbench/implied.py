@@ -4,7 +4,7 @@ nGPT (Loshchilov et al. 2024) normalises by its own projection onto the unit sph
 without norms, biases, qk-norm, an embedding scale, a tied head or weight decay; T-Fixup (Huang et
 al. 2020) replaces the norms; Admin (Liu et al. 2020) rescales Post-LN's skips. A key the user did
 not set follows the placement or init (``apply``); a key the user set to another value is refused in
-one line by rules.py, which checks the same table. ``normbench keys`` and ``run --dry-run`` show the
+one line by rules.py (nGPT's from this table). ``normbench keys`` and ``run --dry-run`` show the
 values a run took from here. Torch-free, like config.py.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ IMPLIED: dict[tuple[str, Any], dict[str, Any]] = {
         "model.residual_gate": "none", "model.embed_scale": "none", "model.tie_embeddings": False,
         "train.weight_decay": 0.0},
 }
-SOURCES = {"model.placement": "placement", "model.init": "init"}
 
 
 def _get(raw: dict, key: str):

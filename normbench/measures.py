@@ -152,9 +152,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Metric("max_loss", "the largest finite training loss", "max loss", on_diverged=True),
     )),
     Measurement("divergence", "step", "a non-finite loss or gradient norm stops a run at once; a loss above the "
-                "ceiling for train.divergence_patience consecutive steps, or at the end, is a divergence, except "
-                "a stretch from step 1 whose loss never rose train.divergence_margin above its lowest (not yet "
-                "come down)", (
+                "ceiling for train.divergence_patience consecutive steps, or at the end, is a divergence once the "
+                "loss has risen: its level (the median of the last train.spike_window losses) more than "
+                "train.divergence_margin above the lowest it reached", (
         Metric("diverged", "true when the run diverged (a result, not a crash)", binary=True,
                derive=lambda r: 1.0 if r.get("diverged") else 0.0),
         Metric("diverged_step", "the step where the final stretch above the ceiling began"),

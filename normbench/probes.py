@@ -378,9 +378,8 @@ class UnpaddedValidation(Probe):
     def take_now(self, run):
         from .evalset import evaluate, validation_set
 
-        if not hasattr(self, "chunks"):
-            self.chunks = validation_set(run.task, run.cfg.train.eval_tokens, full=True).chunks
-        return {"val_loss_unpadded": evaluate(run.model, self.chunks, run.autocast)}
+        chunks = validation_set(run.task, run.cfg.train.eval_tokens, full=True).chunks  # once: an end probe
+        return {"val_loss_unpadded": evaluate(run.model, chunks, run.autocast)}
 
     def summary(self, rows, run):
         if run.diverged or not rows:

@@ -49,12 +49,13 @@ def check_interventions(cfg, problems: Problems) -> None:
         refuse("model.init", "model.init=tfixup replaces the norms (Huang et al. 2020); set model.norm: none and "
                              "model.qk_norm: false")
     if m.placement == "ngpt":
-        wrong = [(k, v, want) for k, v, want in (
-            ("model.norm", m.norm, "none"), ("model.bias", m.bias, False), ("model.qk_norm", m.qk_norm, False),
-            ("model.embed_norm", m.embed_norm, False), ("model.residual_gate", m.residual_gate, "none"),
-            ("model.embed_scale", m.embed_scale, "none"), ("model.tie_embeddings", m.tie_embeddings, False),
-            ("train.weight_decay", t.weight_decay, 0.0)) if v != want]
-        for k, v, want in wrong:
+        from .implied import IMPLIED
+
+        for k, want in IMPLIED[("model.placement", "ngpt")].items():  # the settings it brings, set otherwise
+            section, name = k.split(".")
+            v = getattr(getattr(cfg, section), name)
+            if v == want:
+                continue
             refuse(k, f"model.placement=ngpt (Loshchilov et al. 2024) needs {k}: {str(want).lower()} (got "
                       f"{str(v).lower()}); leave {k} unset and the placement sets it (docs/interventions.md)")
         if m.init in ("admin", "tfixup"):
